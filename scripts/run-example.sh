@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job: install, then edit examples/red_circle.png on the default built-in model and write
+# out/edited.png and a before|after image out/before_after.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+mkdir -p out
+editflow edit examples/red_circle.png \
+  --source "a red circle on a gray background" \
+  --target "a blue circle on a gray background" \
+  --method flowedit --seed 0 \
+  --output out/edited.png --compare out/before_after.png "$@"

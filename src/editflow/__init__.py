@@ -1,0 +1,33 @@
+"""editflow: training-free text-driven image editing with flow-matching transformers.
+
+>>> import editflow
+>>> model = editflow.load_model("tiny-flux")
+>>> result = editflow.edit(model, "photo.png", "a red circle", "a blue circle", method="flowedit", seed=0)
+>>> result.image.save("edited.png")
+"""
+
+from .api import EditResult, edit, generate
+from .errors import EditflowError, ModelNotAvailableError, ParameterError
+from .methods import METHODS
+from .models.base import NFE, Cond, FlowModel, TokenGrid
+from .models.zoo import DEFAULT_MODEL, ZOO, load_model, wrap_pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "METHODS",
+    "NFE",
+    "ZOO",
+    "Cond",
+    "EditResult",
+    "EditflowError",
+    "FlowModel",
+    "ModelNotAvailableError",
+    "ParameterError",
+    "TokenGrid",
+    "edit",
+    "generate",
+    "load_model",
+    "wrap_pipeline",
+]

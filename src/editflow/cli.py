@@ -1,0 +1,148 @@
+"""The ``editflow`` command line.
+
+    editflow edit IMAGE -s SRC -t TAR [--method flowedit] [--model NAME_OR_PATH] [--steps N]
+                  [--seed S] [--set key=value ...] -o OUT.png [--compare BEFORE_AFTER.png]
+    editflow methods
+    editflow models
+
+Every user mistake ends the command with one line on stderr (``error: ...``), exit status 2,
+and no output file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import EditflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Training-free text-driven image editing with flow models.")
+
+
+def _quiet_libraries() -> None:
+    """Keep third-party chatter (download notices, torchvision hints) off the terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _parse_sets(pairs: list[str], params_cls) -> dict:
+    from .methods.base import coerce_value
+
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise EditflowError(f"--set expects key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        values[key.strip()] = coerce_value(params_cls, key.strip(), text.strip())
+    return values
+
+
+@app.command("edit")
+def edit_cmd(
+    image: Path = typer.Argument(..., help="Input image (PNG, JPEG, WebP, ...)."),
+    source: str = typer.Option(..., "--source", "-s", help="Prompt describing the input image."),
+    target: str = typer.Option(..., "--target", "-t", help="Prompt describing the wanted result."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the edited image (.png, .jpg, .webp)."),
+    method: str = typer.Option("flowedit", "--method", "-m", help="Editing method (see `editflow methods`)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Schedule length (default: the method's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Also write a before | after image here."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
+) -> None:
+    """Edit IMAGE from the --source prompt towards the --target prompt."""
+    _quiet_libraries()
+    try:
+        from .images import check_output_path, load_image, save_image, side_by_side
+
+        # Everything that can be checked before loading a model is checked first.
+        check_output_path(output)
+        if compare is not None:
+            check_output_path(compare)
+        pil = load_image(image)
+        from .methods import get_method
+
+        m = get_method(method)
+        overrides = _parse_sets(sets or [], m.params)
+        if steps is not None:
+            overrides["steps"] = steps
+
+        from .api import edit, prepare_image
+        from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
+
+        name = model or DEFAULT_MODEL
+        adapter = load_model(name, dtype=dtype, device=device)
+        m.params.for_family(adapter.family, **overrides)  # fail on bad values before the work
+        if not quiet:
+            if name in NOISE_MODELS:
+                typer.echo(f"note: {name} has random weights: its output is noise (it exists to test the code)", err=True)
+            from .images import fit_size
+
+            work = fit_size(*pil.size, adapter.pixel_multiple)
+            if work != pil.size:
+                typer.echo(
+                    f"note: resizing {pil.size[0]}x{pil.size[1]} to {work[0]}x{work[1]} "
+                    f"(multiples of {adapter.pixel_multiple}); the output is resized back",
+                    err=True,
+                )
+        logging.getLogger("editflow").setLevel(logging.ERROR)
+        result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet, **overrides)
+        save_image(result.image, output)
+        if compare is not None:
+            save_image(side_by_side([pil, result.image]), compare)
+    except EditflowError as exc:
+        _fail(str(exc))
+    if not quiet:
+        typer.echo(
+            f"wrote {output} ({result.image.size[0]}x{result.image.size[1]}), {method} on {name}: "
+            f"{result.nfe.calls} model calls ({result.nfe.rows} rows), {result.seconds:.2f} s"
+            + (f"; before|after: {compare}" if compare else ""),
+            err=True,
+        )
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List every editing method with its parameters, defaults (FLUX) and paper."""
+    from .methods import METHODS
+
+    for m in METHODS.values():
+        typer.echo(f"{m.name}: {m.summary}")
+        typer.echo(f"  paper: {m.paper}")
+        defaults = m.params.for_family("flux")
+        for f in dataclasses.fields(defaults):
+            typer.echo(f"  {f.name} = {getattr(defaults, f.name)!r}")
+        typer.echo("")
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the known model names (zoo) and where each comes from."""
+    from .models.zoo import describe_models
+
+    for row in describe_models():
+        typer.echo(f"{row['name']:<20} {row['family']:<6} {row['source']:<36} {row['description']}")
+    typer.echo("\nAny local diffusers pipeline folder or hub id works too: --model PATH_OR_ID")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Editing methods: one module per paper, each a params dataclass and one function.
+
+``METHODS`` maps a name to its :class:`~editflow.methods.base.Method` (params class, function,
+NFE formula, citation). Importing this package registers them all.
+"""
+
+from . import flowedit, ode_inversion  # noqa: F401  (registration)
+from .base import METHODS, EditRequest, Method, MethodParams, get_method
+from .flowedit import FlowEditParams
+from .ode_inversion import ODEInversionParams
+
+__all__ = ["METHODS", "EditRequest", "FlowEditParams", "Method", "MethodParams", "ODEInversionParams", "get_method"]

@@ -1,0 +1,148 @@
+"""What every editing method shares: the request it edits, its parameters, the registry.
+
+A method is one params dataclass (the paper's defaults, per model family) and one function
+``run(model, request, params, generator) -> latent tokens``. :func:`editflow.edit` does the rest
+(image I/O, timing, NFE, memory), so method modules contain only their algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from ..errors import ParameterError
+from ..models.base import NFE, TokenGrid
+
+
+@dataclass
+class EditRequest:
+    """One edit, already in latent space: clean source tokens ``x_src`` ``[1, N, C]`` on ``grid``."""
+
+    x_src: torch.Tensor
+    grid: TokenGrid
+    source_prompt: str
+    target_prompt: str
+    mask: torch.Tensor | None = None  # [1, N] token mask where a method takes one
+
+
+@dataclass
+class MethodParams:
+    """Base of every method's params. Subclasses list per-family overrides in ``FAMILY_DEFAULTS``."""
+
+    FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    steps: int = 28
+
+    @classmethod
+    def for_family(cls, family: str, **overrides) -> "MethodParams":
+        """The paper's defaults for ``family`` with ``overrides`` applied (unknown names fail)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ParameterError(
+                f"unknown parameter {unknown[0]!r} for {cls.__name__}: valid names are {', '.join(sorted(names))}"
+            )
+        values = dict(cls.FAMILY_DEFAULTS.get(family, {}))
+        values.update(overrides)
+        params = cls(**values)
+        params.resolve(family)
+        params.validate()
+        return params
+
+    def resolve(self, family: str) -> None:
+        """Fill defaults that depend on the family or on other parameters (``None`` fields)."""
+
+    def validate(self) -> None:
+        """Check types and ranges; raise :class:`ParameterError` naming the parameter."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _matches(hints[f.name], value):
+                raise ParameterError(f"parameter {f.name!r} must be {_type_name(hints[f.name])}, got {value!r}")
+        if self.steps < 1:
+            raise ParameterError(f"parameter 'steps' must be >= 1, got {self.steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _matches(kind, value) -> bool:
+    args = typing.get_args(kind)
+    if args:  # X | None
+        return any(_matches(a, value) for a in args)
+    if kind is type(None):
+        return value is None
+    if kind in (int, bool):
+        return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _type_name(kind) -> str:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if args else kind
+    name = getattr(base, "__name__", str(base))
+    return f"{name} or None" if args else name
+
+
+def coerce_value(params_cls: type[MethodParams], name: str, text: str) -> Any:
+    """Parse a command-line string into the type of ``params_cls.name`` (``--set name=value``)."""
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    if name not in fields:
+        raise ParameterError(
+            f"unknown parameter {name!r} for this method: valid names are {', '.join(sorted(fields))}"
+        )
+    kind = typing.get_type_hints(params_cls)[name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if args else kind
+    if args and text.lower() in ("none", "null"):
+        return None
+    try:
+        if base is bool:
+            low = text.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return low in ("true", "1", "yes")
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+        return base(text)
+    except ValueError:
+        raise ParameterError(f"parameter {name!r} expects {_type_name(kind)}, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    params: type[MethodParams]
+    run: Callable[..., torch.Tensor]
+    expected_nfe: Callable[[MethodParams], NFE]
+    paper: str
+    summary: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, params: type[MethodParams], expected_nfe: Callable[[MethodParams], NFE], paper: str):
+    """Decorator: register ``run`` under ``name`` with its params class, NFE formula and citation."""
+
+    def wrap(run):
+        summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
+        METHODS[name] = Method(name, params, run, expected_nfe, paper, summary)
+        return run
+
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ParameterError(f"unknown method {name!r}: use one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+

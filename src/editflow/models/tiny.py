@@ -1,0 +1,199 @@
+"""Tiny FLUX pipelines built fully offline, for tests.
+
+``build_tiny_flux(seed)`` assembles a genuine diffusers ``FluxPipeline`` from the real classes
+(FluxTransformer2DModel, AutoencoderKL, CLIPTextModel, T5EncoderModel, CLIPTokenizer,
+T5TokenizerFast, FlowMatchEulerDiscreteScheduler) with tiny configs and random weights drawn from
+a fixed seed. Its tokenizers are files made by this project (:func:`make_tokenizers`) and shipped
+in ``editflow/assets/tokenizers``. The pipeline's output is noise: it exists so that every code
+path (loading, encoding, batching, schedules, solvers, methods, CLI) runs on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+TOKENIZER_ASSETS = "assets/tokenizers"
+
+# A small corpus for the T5-style tokenizer: the vocabulary of simple scene captions.
+_CORPUS_WORDS = (
+    "a an the of in on at with and to is photo image picture painting drawing of cat dog bird horse "
+    "tree house car boat flower person man woman child face red green blue yellow orange purple pink "
+    "brown black white gray grey large small big tiny circle square triangle star heart cross "
+    "top bottom left right center middle corner background foreground sky sea grass snow sand "
+    "sitting standing running wearing holding near next behind under above"
+).split()
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins that byte-level BPE uses for raw bytes (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def make_clip_tokenizer(model_max_length: int = 77):
+    """A byte-level CLIP tokenizer with no merges: each byte is a token (``</w>`` ends a word)."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def make_t5_tokenizer(corpus: list[str], vocab_size: int = 256, model_max_length: int = 32):
+    """A T5-style (Unigram, ``</s>``-terminated) fast tokenizer trained on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", shrinking_factor=0.9
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return T5TokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=model_max_length,
+    )
+
+
+def make_tokenizers(out_dir: str | Path, corpus: list[str] | None = None) -> None:
+    """Write ``tokenizer/`` (CLIP) and ``tokenizer_2/`` (T5) into ``out_dir``.
+
+    This is how the shipped tokenizer files were made:
+    ``python -c "from editflow.models.tiny import make_tokenizers; make_tokenizers('src/editflow/assets/tokenizers')"``
+    """
+    out = Path(out_dir)
+    if corpus is None:
+        corpus = [" ".join(_CORPUS_WORDS[i : i + 8]) for i in range(0, len(_CORPUS_WORDS), 3)] * 4
+    make_clip_tokenizer().save_pretrained(out / "tokenizer")
+    make_t5_tokenizer(corpus).save_pretrained(out / "tokenizer_2")
+
+
+def shipped_tokenizers():
+    """The tokenizers shipped with editflow (CLIP, T5)."""
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    root = resources.files("editflow").joinpath(TOKENIZER_ASSETS)
+    with resources.as_file(root) as path:
+        return CLIPTokenizer.from_pretrained(path / "tokenizer"), T5TokenizerFast.from_pretrained(path / "tokenizer_2")
+
+
+TINY_CONFIG = {
+    "text_dim": 32,
+    "transformer": dict(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    ),
+    "vae": dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        force_upcast=True,
+    ),
+    "scheduler": dict(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    ),
+}
+
+
+def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
+    """A random-weight FluxPipeline of a few hundred thousand parameters (output is noise)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = shipped_tokenizers()
+    d = TINY_CONFIG["text_dim"]
+    torch.manual_seed(seed)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok),
+            hidden_size=d,
+            intermediate_size=2 * d,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=clip_tok.model_max_length,
+            bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id,
+            pad_token_id=clip_tok.pad_token_id,
+            projection_dim=d,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=d,
+            d_kv=8,
+            d_ff=2 * d,
+            num_layers=1,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            pad_token_id=t5_tok.pad_token_id,
+            eos_token_id=t5_tok.eos_token_id,
+            decoder_start_token_id=t5_tok.pad_token_id,
+        )
+    )
+    tcfg = dict(TINY_CONFIG["transformer"], guidance_embeds=guidance_embeds)
+    transformer = FluxTransformer2DModel(**tcfg)
+    vae = AutoencoderKL(**TINY_CONFIG["vae"])
+    scheduler = FlowMatchEulerDiscreteScheduler(**TINY_CONFIG["scheduler"])
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip.eval(),
+        tokenizer=clip_tok,
+        text_encoder_2=t5.eval(),
+        tokenizer_2=t5_tok,
+        transformer=transformer.eval(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_model_card() -> str:
+    return json.dumps(TINY_CONFIG, indent=1, default=list)

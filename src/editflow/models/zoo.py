@@ -1,0 +1,203 @@
+"""Named models and :func:`load_model`.
+
+A model is named by a zoo name (``editflow models`` lists them), a local diffusers pipeline
+folder, or a Hugging Face hub id. Hub ids load through the pipeline's own ``from_pretrained``
+(downloaded or from the local cache); one that cannot be had fails with one line that says how
+to download it or which folder to pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ModelNotAvailableError
+from .flux import FluxAdapter
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    family: str
+    description: str
+    hub_id: str | None = None
+    builder: Callable[[], Any] | None = None
+    dtype: torch.dtype = torch.bfloat16
+    options: dict = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.builder is not None
+
+
+def _tiny(guidance_embeds: bool) -> Callable[[], Any]:
+    def build():
+        from .tiny import build_tiny_flux
+
+        return build_tiny_flux(seed=0, guidance_embeds=guidance_embeds)
+
+    return build
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry(
+            "tiny-flux",
+            "flux",
+            "built offline, random weights (seed 0), guidance-distilled like FLUX.1-dev; for tests: its output is noise",
+            builder=_tiny(True),
+            dtype=torch.float32,
+        ),
+        ZooEntry(
+            "tiny-flux-schnell",
+            "flux",
+            "as tiny-flux without the guidance embedding, like FLUX.1-schnell; output is noise",
+            builder=_tiny(False),
+            dtype=torch.float32,
+        ),
+        ZooEntry("flux-dev", "flux", "FLUX.1-dev, guidance-distilled, 12B", hub_id="black-forest-labs/FLUX.1-dev"),
+        ZooEntry(
+            "flux-schnell",
+            "flux",
+            "FLUX.1-schnell, timestep-distilled, 12B",
+            hub_id="black-forest-labs/FLUX.1-schnell",
+            options={"max_sequence_length": 256},
+        ),
+    ]
+}
+
+# The built-in trained "shapes" model replaces this once it lands (see README).
+DEFAULT_MODEL = "tiny-flux"
+NOISE_MODELS = {"tiny-flux", "tiny-flux-schnell"}
+
+_ADAPTERS = {"FluxPipeline": FluxAdapter}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, fallback: torch.dtype) -> torch.dtype:
+    if dtype is None:
+        return fallback
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ModelNotAvailableError(f"unknown dtype {dtype!r}: use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def wrap_pipeline(pipe, name: str = "pipeline", **options):
+    """Wrap an already-loaded diffusers pipeline in editflow's adapter for its family."""
+    cls = type(pipe).__name__
+    if cls not in _ADAPTERS:
+        raise ModelNotAvailableError(
+            f"{name}: pipeline class {cls} is not supported yet; supported: {', '.join(sorted(_ADAPTERS))}"
+        )
+    return _ADAPTERS[cls](pipe, name=name, **options)
+
+
+def _download_hint(hub_id: str) -> str:
+    return (
+        f"model {hub_id!r} is not available offline: download it where there is network with "
+        f"`hf download {hub_id}` (accept its license on the hub first if it is gated) and copy the "
+        "cache here, or pass a local pipeline folder with --model /path/to/folder"
+    )
+
+
+def _dtype_keyword() -> str:
+    """diffusers >= 0.42 names the loading dtype ``dtype`` (``torch_dtype`` is deprecated)."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+_DTYPE_KWARG = _dtype_keyword()
+
+
+def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        return DiffusionPipeline.from_pretrained(source, **{_DTYPE_KWARG: torch_dtype})
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if Path(source).exists():
+            raise ModelNotAvailableError(f"cannot load pipeline folder {source!r}: {str(exc).splitlines()[0]}") from exc
+        raise ModelNotAvailableError(_download_hint(source)) from exc
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def load_model(
+    name_or_path: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    cpu_offload: bool = False,
+):
+    """Load a model and return its :class:`~editflow.models.base.FlowModel` adapter.
+
+    ``name_or_path`` is a zoo name (``tiny-flux``, ``flux-dev``, ...), a local diffusers folder
+    (with ``model_index.json``) or a hub id; ``None`` loads the default model. ``dtype`` defaults
+    to bfloat16 for real models and float32 for built-in ones; ``device`` to CUDA when present.
+
+    >>> model = load_model("tiny-flux")          # offline, random weights
+    >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
+    """
+    name_or_path = name_or_path or DEFAULT_MODEL
+    device = torch.device(device) if device is not None else default_device()
+    entry = ZOO.get(name_or_path)
+    if entry is not None and entry.builtin:
+        torch_dtype = _parse_dtype(dtype, entry.dtype)
+        pipe = entry.builder()
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)
+        options = dict(entry.options)
+    else:
+        source = entry.hub_id if entry is not None else name_or_path
+        local = Path(source).expanduser()
+        if local.exists():
+            if not (local / "model_index.json").is_file():
+                raise ModelNotAvailableError(
+                    f"{source!r} is not a diffusers pipeline folder (no model_index.json): pass a folder "
+                    "written by save_pretrained, a hub id, or a name from `editflow models`"
+                )
+            source = str(local)
+        elif entry is None and source.count("/") != 1:
+            raise ModelNotAvailableError(
+                f"unknown model {source!r}: use a name from `editflow models` ({', '.join(ZOO)}), "
+                "a local pipeline folder, or a hub id like black-forest-labs/FLUX.1-dev"
+            )
+        torch_dtype = _parse_dtype(dtype, torch.bfloat16)
+        pipe = _load_hub_or_folder(source, torch_dtype)
+        options = dict(entry.options) if entry is not None else {}
+    pipe.set_progress_bar_config(disable=True)
+    if cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    return wrap_pipeline(pipe, name=name_or_path, **options)
+
+
+def describe_models() -> list[dict]:
+    """One row per zoo model: name, family, source, description."""
+    return [
+        {
+            "name": e.name,
+            "family": e.family,
+            "source": "built-in (offline)" if e.builtin else e.hub_id,
+            "description": e.description + (" [default]" if e.name == DEFAULT_MODEL else ""),
+        }
+        for e in ZOO.values()
+    ]
+

@@ -1,0 +1,97 @@
+"""The command line: outputs, and one-line errors that leave no file behind."""
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from editflow.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (100, 70), (90, 120, 200)).save(path)
+    return path
+
+
+def _edit(*args):
+    return runner.invoke(app, ["edit", *map(str, args)])
+
+
+def test_edit_writes_png_of_input_size_and_before_after(tmp_path, photo):
+    out, cmp = tmp_path / "out.png", tmp_path / "cmp.png"
+    r = _edit(photo, "-s", "a blue image", "-t", "a red image", "--steps", "4", "-o", out, "--compare", cmp,
+              "--set", "n_avg=2", "--set", "source_guidance=2")
+    assert r.exit_code == 0, r.output
+    with Image.open(out) as im:
+        assert im.size == (100, 70) and im.format == "PNG"
+    with Image.open(cmp) as im:
+        assert im.size[0] > 200 and im.size[1] == 70
+    assert "resizing 100x70 to 96x64" in r.stderr
+    assert "noise" in r.stderr  # the tiny default model says so
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png", "out.png", "photo.png"]  # no temp files
+
+
+def test_ode_inversion_from_the_cli(tmp_path, photo):
+    out = tmp_path / "o.jpg"
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "ode_inversion", "--steps", "3", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (100, 70)
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "not found"),
+        ("not_image", "not an image"),
+        ("method", "unknown method 'nope'"),
+        ("param", "unknown parameter 'bogus'"),
+        ("type", "parameter 'n_avg' expects int"),
+        ("range", "n_min <= n_max"),
+        ("model", "unknown model 'no-such-model'"),
+        ("hub", "black-forest-labs/FLUX.1-dev"),
+        ("suffix", "must end in one of"),
+    ],
+)
+def test_bad_input_fails_with_one_line_and_no_output(tmp_path, photo, case, needle):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    out = tmp_path / ("out.gif" if case == "suffix" else "out.png")
+    args = {
+        "missing": [tmp_path / "absent.png"],
+        "not_image": [text],
+        "method": [photo, "--method", "nope"],
+        "param": [photo, "--set", "bogus=1"],
+        "type": [photo, "--set", "n_avg=two"],
+        "range": [photo, "--set", "n_max=3", "--set", "n_min=5"],
+        "model": [photo, "--model", "no-such-model"],
+        "hub": [photo, "--model", "black-forest-labs/FLUX.1-dev"],
+        "suffix": [photo],
+    }[case]
+    r = _edit(*args, "-s", "a", "-t", "b", "-o", out)
+    assert r.exit_code == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_hub_id_error_says_how_to_get_it(tmp_path, photo):
+    r = _edit(photo, "-s", "a", "-t", "b", "-o", tmp_path / "o.png", "--model", "black-forest-labs/FLUX.1-dev")
+    assert "hf download black-forest-labs/FLUX.1-dev" in r.stderr and "local pipeline folder" in r.stderr
+
+
+def test_methods_lists_parameters_defaults_and_papers():
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0
+    assert "flowedit" in r.stdout and "ode_inversion" in r.stdout
+    assert "n_max = 24" in r.stdout and "target_guidance = 5.5" in r.stdout and "arXiv 2412.08629" in r.stdout
+
+
+def test_models_lists_names():
+    r = runner.invoke(app, ["models"])
+    assert r.exit_code == 0
+    for name in ("tiny-flux", "flux-dev", "black-forest-labs/FLUX.1-schnell"):
+        assert name in r.stdout

@@ -1,0 +1,68 @@
+"""Loading: the tiny pipeline round-trips through diffusers; bad names fail in one line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import editflow
+from editflow.models.tiny import build_tiny_flux, shipped_tokenizers
+
+
+def test_tiny_pipeline_roundtrips_through_save_and_from_pretrained(tmp_path, tiny):
+    from diffusers import FluxPipeline
+
+    tiny.pipe.save_pretrained(tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    reloaded = FluxPipeline.from_pretrained(tmp_path / "tiny")
+    model = editflow.wrap_pipeline(reloaded, name="reloaded")
+    grid = tiny.grid(64, 64)
+    noise = tiny.noise(grid, torch.Generator().manual_seed(0))
+    a = editflow.generate(tiny, "a red circle", 64, 64, steps=3, latents=noise, output_type="latent")
+    b = editflow.generate(model, "a red circle", 64, 64, steps=3, latents=noise, output_type="latent")
+    assert torch.equal(a, b)
+    # load_model takes the folder too
+    assert editflow.load_model(str(tmp_path / "tiny"), device="cpu").name == str(tmp_path / "tiny")
+
+
+def test_tiny_build_is_deterministic():
+    a, b = build_tiny_flux(seed=0), build_tiny_flux(seed=0)
+    for (na, pa), (nb, pb) in zip(a.transformer.state_dict().items(), b.transformer.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_shipped_tokenizers_encode_text():
+    clip, t5 = shipped_tokenizers()
+    ids = clip("a red circle").input_ids
+    assert ids[0] == clip.bos_token_id and ids[-1] == clip.eos_token_id and len(ids) == len("a red circle") + 2 - 2
+    t5_ids = t5("a large red circle").input_ids
+    assert t5_ids[-1] == t5.eos_token_id and t5.unk_token_id not in t5_ids
+
+
+def test_hub_id_unavailable_offline_names_the_id():
+    with pytest.raises(editflow.ModelNotAvailableError) as err:
+        editflow.load_model("black-forest-labs/FLUX.1-dev")
+    msg = str(err.value)
+    assert "\n" not in msg and "black-forest-labs/FLUX.1-dev" in msg and "hf download" in msg
+
+
+def test_zoo_name_for_a_hub_model_gives_the_same_hint():
+    with pytest.raises(editflow.ModelNotAvailableError, match="FLUX.1-schnell"):
+        editflow.load_model("flux-schnell")
+
+
+def test_folder_without_model_index_is_rejected(tmp_path):
+    with pytest.raises(editflow.ModelNotAvailableError, match="model_index.json"):
+        editflow.load_model(str(tmp_path))
+
+
+def test_tiny_pipeline_loads_offline_in_a_fresh_process(tmp_path, tiny):
+    tiny.pipe.save_pretrained(tmp_path / "p")
+    code = "from diffusers import FluxPipeline; import sys; p = FluxPipeline.from_pretrained(sys.argv[1]); print(type(p).__name__)"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("FluxPipeline")
