@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 mkdir -p out
-editflow edit examples/red_circle.png \
+"${PYTHON:-python3}" -m editflow edit examples/red_circle.png \
   --source "a red circle on a gray background" \
   --target "a blue circle on a gray background" \
   --method flowedit --seed 0 \
