@@ -17,7 +17,8 @@ def photo(tmp_path):
 
 
 def _edit(*args):
-    return runner.invoke(app, ["edit", *map(str, args)])
+    # The tiny model is named explicitly (it is never the default); a later --model overrides it.
+    return runner.invoke(app, ["edit", "--model", "tiny-flux", *map(str, args)])
 
 
 def test_edit_writes_png_of_input_size_and_before_after(tmp_path, photo):
@@ -90,8 +91,18 @@ def test_methods_lists_parameters_defaults_and_papers():
     assert "n_max = 24" in r.stdout and "target_guidance = 5.5" in r.stdout and "arXiv 2412.08629" in r.stdout
 
 
+def test_default_model_is_used_when_none_is_given(tmp_path, photo):
+    from editflow.models.zoo import shapes_available
+
+    r = runner.invoke(app, ["edit", str(photo), "-s", "a", "-t", "b", "-o", str(tmp_path / "o.png"), "-q"])
+    if shapes_available():
+        assert r.exit_code == 0, r.output
+    else:
+        assert r.exit_code == 2 and "'shapes'" in r.stderr and not (tmp_path / "o.png").exists()
+
+
 def test_models_lists_names():
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0
-    for name in ("tiny-flux", "flux-dev", "black-forest-labs/FLUX.1-schnell"):
+    for name in ("shapes", "tiny-flux", "flux-dev", "black-forest-labs/FLUX.1-schnell"):
         assert name in r.stdout

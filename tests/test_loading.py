@@ -66,3 +66,13 @@ def test_tiny_pipeline_loads_offline_in_a_fresh_process(tmp_path, tiny):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("FluxPipeline")
+
+
+def test_default_model_is_never_a_tiny_test_model():
+    from editflow.models.zoo import DEFAULT_MODEL, NOISE_MODELS, shapes_available
+
+    assert DEFAULT_MODEL == "shapes" and DEFAULT_MODEL not in NOISE_MODELS
+    if not shapes_available():
+        with pytest.raises(editflow.ModelNotAvailableError) as err:
+            editflow.load_model()
+        assert "shapes" in str(err.value) and "--model tiny-flux" in str(err.value)

@@ -74,3 +74,13 @@ def test_prompt_encoding_is_cached(tiny):
     a = tiny.encode_prompt("a green star")
     assert tiny.encode_prompt("a green star") is a
     assert a.embeds.shape[1] == tiny.max_sequence_length
+
+
+def test_prompt_cache_is_bounded(tiny, monkeypatch):
+    monkeypatch.setattr(type(tiny), "PROMPT_CACHE_SIZE", 3)
+    first = tiny.encode_prompt("prompt 0")
+    for i in range(1, 5):
+        tiny.encode_prompt(f"prompt {i}")
+    assert len(tiny._prompt_cache) <= 3 and "prompt 0" not in tiny._prompt_cache
+    again = tiny.encode_prompt("prompt 0")
+    assert again is not first and torch.equal(again.embeds, first.embeds)

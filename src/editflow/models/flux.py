@@ -14,6 +14,7 @@ The adapter owns everything FLUX-specific, so that methods only see packed laten
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -27,10 +28,12 @@ class FluxAdapter:
     """:class:`~editflow.models.base.FlowModel` over a diffusers ``FluxPipeline``.
 
     Build it with :func:`editflow.load_model`; ``adapter.pipe`` is the underlying pipeline.
-    Prompt encodings are cached per prompt, so an edit that reuses a prompt encodes it once.
+    Prompt encodings are cached per prompt (the last ``PROMPT_CACHE_SIZE``), so an edit or a
+    benchmark that reuses a prompt encodes it once.
     """
 
     family = "flux"
+    PROMPT_CACHE_SIZE = 64
 
     def __init__(self, pipe, name: str = "flux", max_sequence_length: int | None = None):
         self.pipe = pipe
@@ -44,12 +47,13 @@ class FluxAdapter:
         t5_max = getattr(pipe.tokenizer_2, "model_max_length", 512) or 512
         self.max_sequence_length = int(min(max_sequence_length or 512, t5_max, 512))
         self.counter = CallCounter()
-        self._prompt_cache: dict[str, Cond] = {}
+        self._prompt_cache: OrderedDict[str, Cond] = OrderedDict()
 
     # -- basic properties -------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        """Where the computation runs (the GPU under CPU offload, where weights live on the CPU)."""
+        return self.pipe._execution_device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,12 +93,16 @@ class FluxAdapter:
         """T5 sequence + CLIP pooled embedding of one prompt, cached."""
         if not isinstance(prompt, str):
             raise EditflowError(f"a prompt must be a string, got {type(prompt).__name__}")
-        if prompt not in self._prompt_cache:
-            embeds, pooled, ids = self.pipe.encode_prompt(
-                prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
-            )
-            self._prompt_cache[prompt] = Cond(embeds.to(self.dtype), pooled.to(self.dtype), (prompt,), ids)
-        return self._prompt_cache[prompt]
+        if prompt in self._prompt_cache:
+            self._prompt_cache.move_to_end(prompt)
+            return self._prompt_cache[prompt]
+        embeds, pooled, ids = self.pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+        )
+        cond = self._prompt_cache[prompt] = Cond(embeds.to(self.dtype), pooled.to(self.dtype), (prompt,), ids)
+        while len(self._prompt_cache) > self.PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+        return cond
 
     # -- images ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -104,8 +112,7 @@ class FluxAdapter:
         Uses the posterior mode (deterministic), as FlowEdit and RF-Solver do.
         """
         self.grid(image.shape[-2], image.shape[-1])  # validates the size
-        vae_dtype = self.vae.dtype
-        dist = self.vae.encode(image.to(self.vae.device, vae_dtype)).latent_dist
+        dist = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
         lat = (dist.mode() - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         return self.pack(lat.float())
 
@@ -114,7 +121,7 @@ class FluxAdapter:
         """Latent tokens -> images ``[B, 3, H, W]`` in [-1, 1] (float32, clamped)."""
         lat = self.unpack(latents, grid)
         lat = lat / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        img = self.vae.decode(lat.to(self.vae.device, self.vae.dtype), return_dict=False)[0]
+        img = self.vae.decode(lat.to(self.device, self.vae.dtype), return_dict=False)[0]
         return img.float().clamp(-1, 1)
 
     # -- noise and schedule -----------------------------------------------------------------

@@ -33,6 +33,19 @@ class ZooEntry:
         return self.builder is not None
 
 
+SHAPES_DIR = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes"
+
+
+def _shapes() -> Any:
+    """The built-in trained shapes model, shipped as a FluxPipeline folder inside the package."""
+    if not (SHAPES_DIR / "model_index.json").is_file():
+        raise ModelNotAvailableError(
+            "the built-in 'shapes' model is not in this install yet (it lands with the Shapes milestone): "
+            "pass --model tiny-flux to exercise the code (its output is noise), or a real model such as --model flux-dev"
+        )
+    return _load_hub_or_folder(str(SHAPES_DIR), torch.float32)
+
+
 def _tiny(guidance_embeds: bool) -> Callable[[], Any]:
     def build():
         from .tiny import build_tiny_flux
@@ -45,6 +58,13 @@ def _tiny(guidance_embeds: bool) -> Callable[[], Any]:
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
+        ZooEntry(
+            "shapes",
+            "flux",
+            "small FLUX-architecture model trained by editflow on its shapes world (built in, offline)",
+            builder=_shapes,
+            dtype=torch.float32,
+        ),
         ZooEntry(
             "tiny-flux",
             "flux",
@@ -70,8 +90,8 @@ ZOO: dict[str, ZooEntry] = {
     ]
 }
 
-# The built-in trained "shapes" model replaces this once it lands (see README).
-DEFAULT_MODEL = "tiny-flux"
+# The default of every command. Tiny models are for tests and never the default.
+DEFAULT_MODEL = "shapes"
 NOISE_MODELS = {"tiny-flux", "tiny-flux-schnell"}
 
 _ADAPTERS = {"FluxPipeline": FluxAdapter}
@@ -189,13 +209,23 @@ def load_model(
     return wrap_pipeline(pipe, name=name_or_path, **options)
 
 
+def shapes_available() -> bool:
+    return (SHAPES_DIR / "model_index.json").is_file()
+
+
+def _source_label(e: ZooEntry) -> str:
+    if e.name == "shapes" and not shapes_available():
+        return "built-in (not trained yet)"
+    return "built-in (offline)" if e.builtin else str(e.hub_id)
+
+
 def describe_models() -> list[dict]:
     """One row per zoo model: name, family, source, description."""
     return [
         {
             "name": e.name,
             "family": e.family,
-            "source": "built-in (offline)" if e.builtin else e.hub_id,
+            "source": _source_label(e),
             "description": e.description + (" [default]" if e.name == DEFAULT_MODEL else ""),
         }
         for e in ZOO.values()
