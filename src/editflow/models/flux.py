@@ -137,6 +137,8 @@ class FluxAdapter:
         """Decreasing times ``[steps + 1]`` ending at 0, equal to FluxPipeline's sigmas."""
         check_steps(steps)
         cfg = self.pipe.scheduler.config
+        if cfg.get("shift_terminal") or cfg.get("use_karras_sigmas") or cfg.get("use_exponential_sigmas"):
+            raise EditflowError("this scheduler's sigma options (terminal shift, karras, exponential) are not supported")
         base = np.linspace(1.0, 1.0 / steps, steps)
         t = torch.from_numpy(base.astype(np.float32)).double()
         if cfg.get("use_dynamic_shifting", False):
@@ -152,8 +154,6 @@ class FluxAdapter:
             t = time_shift_exponential(mu, t)
         else:
             t = time_shift_static(float(cfg.get("shift", 1.0)), t)
-        if cfg.get("shift_terminal") or cfg.get("use_karras_sigmas") or cfg.get("use_exponential_sigmas"):
-            raise EditflowError("this scheduler's sigma options (terminal shift, karras, exponential) are not supported")
         return torch.cat([t.float(), torch.zeros(1)])
 
     # -- the model call -------------------------------------------------------------------------
