@@ -24,6 +24,28 @@ from ..errors import EditflowError
 from .base import CallCounter, Cond, TokenGrid, check_steps, resolution_mu, time_shift_exponential, time_shift_static
 
 
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """``[B, C, 2h, 2w]`` -> ``[B, h*w, 4C]`` (2x2 patches, diffusers' order)."""
+    b, c, hh, ww = latents.shape
+    x = latents.view(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (hh // 2) * (ww // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents` for an ``h x w`` token grid."""
+    b, n, c4 = tokens.shape
+    x = tokens.view(b, h, w, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, h * 2, w * 2)
+
+
+def latent_image_ids(h: int, w: int) -> torch.Tensor:
+    """FLUX ``img_ids``: ``(0, row, col)`` per token of an ``h x w`` grid, ``[h*w, 3]``."""
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return ids.reshape(h * w, 3)
+
+
 class FluxAdapter:
     """:class:`~editflow.models.base.FlowModel` over a diffusers ``FluxPipeline``.
 
@@ -70,22 +92,13 @@ class FluxAdapter:
         return TokenGrid(height=height, width=width, h=height // m, w=width // m)
 
     def img_ids(self, grid: TokenGrid) -> torch.Tensor:
-        ids = torch.zeros(grid.h, grid.w, 3)
-        ids[..., 1] = torch.arange(grid.h)[:, None]
-        ids[..., 2] = torch.arange(grid.w)[None, :]
-        return ids.reshape(grid.num_tokens, 3).to(self.device, self.dtype)
+        return latent_image_ids(grid.h, grid.w).to(self.device, self.dtype)
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
-        """``[B, C, 2h, 2w]`` -> ``[B, h*w, 4C]`` (2x2 patches, diffusers' order)."""
-        b, c, hh, ww = latents.shape
-        x = latents.view(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(b, (hh // 2) * (ww // 2), c * 4)
+        return pack_latents(latents)
 
     def unpack(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
-        """Inverse of :meth:`pack`."""
-        b, n, c4 = tokens.shape
-        x = tokens.view(b, grid.h, grid.w, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, c4 // 4, grid.h * 2, grid.w * 2)
+        return unpack_latents(tokens, grid.h, grid.w)
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,7 +10,6 @@ path (loading, encoding, batching, schedules, solvers, methods, CLI) runs on a l
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -100,6 +99,44 @@ def shipped_tokenizers():
         return CLIPTokenizer.from_pretrained(path / "tokenizer"), T5TokenizerFast.from_pretrained(path / "tokenizer_2")
 
 
+def make_text_encoders(clip_tok, t5_tok, dim: int, clip_layers: int = 1, t5_layers: int = 1):
+    """Small randomly initialised CLIPTextModel and T5EncoderModel for the given tokenizers.
+
+    Draws from torch's global generator: seed it first for reproducible weights.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok),
+            hidden_size=dim,
+            intermediate_size=2 * dim,
+            num_hidden_layers=clip_layers,
+            num_attention_heads=2,
+            max_position_embeddings=clip_tok.model_max_length,
+            bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id,
+            pad_token_id=clip_tok.pad_token_id,
+            projection_dim=dim,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=dim,
+            d_kv=dim // 4,
+            d_ff=2 * dim,
+            num_layers=t5_layers,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=t5_tok.pad_token_id,
+            eos_token_id=t5_tok.eos_token_id,
+            decoder_start_token_id=t5_tok.pad_token_id,
+        )
+    )
+    return clip.eval(), t5.eval()
+
+
 TINY_CONFIG = {
     "text_dim": 32,
     "transformer": dict(
@@ -145,39 +182,10 @@ TINY_CONFIG = {
 def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
     """A random-weight FluxPipeline of a few hundred thousand parameters (output is noise)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     clip_tok, t5_tok = shipped_tokenizers()
-    d = TINY_CONFIG["text_dim"]
     torch.manual_seed(seed)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_tok),
-            hidden_size=d,
-            intermediate_size=2 * d,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=clip_tok.model_max_length,
-            bos_token_id=clip_tok.bos_token_id,
-            eos_token_id=clip_tok.eos_token_id,
-            pad_token_id=clip_tok.pad_token_id,
-            projection_dim=d,
-        )
-    )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tok),
-            d_model=d,
-            d_kv=8,
-            d_ff=2 * d,
-            num_layers=1,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            pad_token_id=t5_tok.pad_token_id,
-            eos_token_id=t5_tok.eos_token_id,
-            decoder_start_token_id=t5_tok.pad_token_id,
-        )
-    )
+    clip, t5 = make_text_encoders(clip_tok, t5_tok, dim=TINY_CONFIG["text_dim"])
     tcfg = dict(TINY_CONFIG["transformer"], guidance_embeds=guidance_embeds)
     transformer = FluxTransformer2DModel(**tcfg)
     vae = AutoencoderKL(**TINY_CONFIG["vae"])
@@ -185,15 +193,12 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
     pipe = FluxPipeline(
         scheduler=scheduler,
         vae=vae,
-        text_encoder=clip.eval(),
+        text_encoder=clip,
         tokenizer=clip_tok,
-        text_encoder_2=t5.eval(),
+        text_encoder_2=t5,
         tokenizer_2=t5_tok,
         transformer=transformer.eval(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
-
-def tiny_model_card() -> str:
-    return json.dumps(TINY_CONFIG, indent=1, default=list)
