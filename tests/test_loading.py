@@ -76,3 +76,18 @@ def test_default_model_is_never_a_tiny_test_model():
         with pytest.raises(editflow.ModelNotAvailableError) as err:
             editflow.load_model()
         assert "shapes" in str(err.value) and "--model tiny-flux" in str(err.value)
+
+
+def test_t5_tokenizer_is_word_level_and_survives_save_and_load(tmp_path):
+    from transformers import T5TokenizerFast
+
+    from editflow.models.tiny import make_t5_tokenizer
+
+    corpus = ["a large red circle in the top left, on a gray background", "a small blue star in the center"] * 5
+    tok = make_t5_tokenizer(corpus, vocab_size=64)
+    text = "a small red star in the top left, on a gray background"
+    assert tok.tokenize(text)[:4] == ["\u2581a", "\u2581small", "\u2581red", "\u2581star"]
+    tok.save_pretrained(tmp_path / "t5")
+    again = T5TokenizerFast.from_pretrained(tmp_path / "t5")
+    for s in corpus + [text, "an unseen word: zebra"]:
+        assert again(s).input_ids == tok(s).input_ids

@@ -53,20 +53,36 @@ def make_clip_tokenizer(model_max_length: int = 77):
 
 
 def make_t5_tokenizer(corpus: list[str], vocab_size: int = 256, model_max_length: int = 32):
-    """A T5-style (Unigram, ``</s>``-terminated) fast tokenizer trained on ``corpus``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """A T5-style fast tokenizer (Unigram model, ``</s>``-terminated) fitted to ``corpus``.
+
+    The Unigram pieces are the corpus's most frequent words (``▁word``, scored by log relative
+    frequency, the maximum-likelihood Unigram for whole-word segmentation) plus every character
+    seen, so unseen words still split into known pieces. On a small closed vocabulary such as
+    scene captions this gives one token per word, where the library's EM trainer stalls early.
+    """
+    import math
+    import unicodedata
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import T5TokenizerFast
 
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    specials = ["<pad>", "</s>", "<unk>"]
+    texts = [unicodedata.normalize("NFKC", t) for t in corpus]
+    words = Counter(w.strip(",.;:") for t in texts for w in t.split())
+    chars = Counter(c for t in texts for c in t if not c.isspace())
+    total = sum(words.values()) + sum(chars.values())
+    n_words = max(0, vocab_size - len(specials) - len(chars) - 1)
+    pieces = [("\u2581" + w, math.log(n / total)) for w, n in words.most_common(n_words)]
+    floor = min((score for _, score in pieces), default=0.0) - 10.0  # characters only as a fallback
+    pieces += [("\u2581", floor)] + [(c, floor - 1.0) for c in sorted(chars)]
+    tok = Tokenizer(models.Unigram([(s, 0.0) for s in specials] + pieces, unk_id=2))
+    # transformers' T5Tokenizer rebuilds exactly this pipeline when it loads a saved tokenizer, so
+    # build it the same way: no normaliser, whitespace split then Metaspace ("▁" marks a word start).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", shrinking_factor=0.9
-    )
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return T5TokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

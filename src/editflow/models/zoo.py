@@ -149,6 +149,7 @@ def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
 
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
     try:
         return DiffusionPipeline.from_pretrained(source, **{_DTYPE_KWARG: torch_dtype})
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -157,6 +158,7 @@ def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
         raise ModelNotAvailableError(_download_hint(source)) from exc
     finally:
         dlogging.set_verbosity(level)
+        dlogging.enable_progress_bar()
 
 
 def load_model(
@@ -169,7 +171,8 @@ def load_model(
 
     ``name_or_path`` is a zoo name (``tiny-flux``, ``flux-dev``, ...), a local diffusers folder
     (with ``model_index.json``) or a hub id; ``None`` loads the default model. ``dtype`` defaults
-    to bfloat16 for real models and float32 for built-in ones; ``device`` to CUDA when present.
+    to float32 for built-in models and on the CPU, bfloat16 for other models on CUDA; ``device``
+    defaults to CUDA when present.
 
     >>> model = load_model("tiny-flux")          # offline, random weights
     >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
@@ -198,7 +201,8 @@ def load_model(
                 f"unknown model {source!r}: use a name from `editflow models` ({', '.join(ZOO)}), "
                 "a local pipeline folder, or a hub id like black-forest-labs/FLUX.1-dev"
             )
-        torch_dtype = _parse_dtype(dtype, torch.bfloat16)
+        # bf16 on GPUs (as the checkpoints ship); float32 on the CPU, where bf16 is slow and coarse
+        torch_dtype = _parse_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         pipe = _load_hub_or_folder(source, torch_dtype)
         options = dict(entry.options) if entry is not None else {}
     pipe.set_progress_bar_config(disable=True)
