@@ -4,6 +4,8 @@
                   [--seed S] [--set key=value ...] -o OUT.png [--compare BEFORE_AFTER.png]
     editflow methods
     editflow models
+    editflow world sample --n N --seed S -o DIR [--size 64] [--textures] [--paraphrase]
+    editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--size 64] [...]
 
 Every user mistake ends the command with one line on stderr (``error: ...``), exit status 2,
 and no output file.
@@ -82,7 +84,7 @@ def edit_cmd(
         if steps is not None:
             overrides["steps"] = steps
 
-        from .api import edit, prepare_image
+        from .api import edit
         from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
 
         name = model or DEFAULT_MODEL
@@ -138,6 +140,64 @@ def models_cmd() -> None:
     for row in describe_models():
         typer.echo(f"{row['name']:<20} {row['family']:<6} {row['source']:<36} {row['description']}")
     typer.echo("\nAny local diffusers pipeline folder or hub id works too: --model PATH_OR_ID")
+
+
+world_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="The procedural shapes world: scenes and edits with exact ground truth."
+)
+app.add_typer(world_app, name="world")
+
+
+def _progress(quiet: bool, what: str):
+    """A tqdm wrapper for item loops (stderr), or None when quiet."""
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=what, unit="item", file=sys.stderr)
+
+
+@world_app.command("sample")
+def world_sample_cmd(
+    n: int = typer.Option(..., "--n", help="Number of scenes."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (item i uses seed [S, i])."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (created if missing)."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels."),
+    textures: bool = typer.Option(False, "--textures", help="Also striped and dotted backgrounds."),
+    paraphrase: bool = typer.Option(False, "--paraphrase", help="Paraphrased captions instead of canonical ones."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write N random scenes: DIR/images/00000.png ... and DIR/manifest.jsonl (file, caption, scene)."""
+    from .world.io import write_samples
+
+    try:
+        path = write_samples(output, n, seed, size, textures, paraphrase, _progress(quiet, "scenes"))
+    except EditflowError as exc:
+        _fail(str(exc))
+    if not quiet:
+        typer.echo(f"wrote {n} scenes and {path}", err=True)
+
+
+@world_app.command("edits")
+def world_edits_cmd(
+    n: int = typer.Option(..., "--n", help="Number of edit examples."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (item i uses seed [S, i])."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write (created if missing)."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="Comma-separated edit kinds, cycled (default: all)."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels."),
+    textures: bool = typer.Option(False, "--textures", help="Also striped and dotted backgrounds."),
+    paraphrase: bool = typer.Option(False, "--paraphrase", help="Paraphrased prompts (one style per pair)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write N edits: DIR/{source,target,mask}/00000.png ... and DIR/edits.jsonl."""
+    from .world.io import parse_kinds, write_edits
+
+    try:
+        path = write_edits(output, n, seed, parse_kinds(kinds), size, textures, paraphrase, _progress(quiet, "edits"))
+    except EditflowError as exc:
+        _fail(str(exc))
+    if not quiet:
+        typer.echo(f"wrote {n} edit examples and {path}", err=True)
 
 
 def main() -> None:

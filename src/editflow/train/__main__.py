@@ -1,0 +1,50 @@
+"""``python -m editflow.train STAGE --config FILE --run DIR [--out DIR]``.
+
+STAGE: text | vae | flow | all | export. Every stage resumes from the checkpoints in ``--run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import EditflowError
+from . import stages
+from .config import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m editflow.train", description=__doc__)
+    ap.add_argument("stage", choices=["text", "vae", "flow", "all", "export"])
+    ap.add_argument("--config", default=None, help="JSON config (defaults: the CPU configuration)")
+    ap.add_argument("--run", required=True, help="run folder: checkpoints, logs, config")
+    ap.add_argument("--out", default=None, help="export: the pipeline folder to write")
+    ap.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        cfg = TrainConfig.load(args.config)
+        if args.device:
+            cfg.device = args.device
+        run = Path(args.run)
+        if args.stage == "export":
+            if not args.out:
+                raise EditflowError("export needs --out DIR")
+            stages.export(run, Path(args.out))
+            return 0
+        stages.save_config(cfg, run)
+        if args.stage in ("text", "all"):
+            stages.stage_text(cfg, run)
+        if args.stage in ("vae", "all"):
+            stages.stage_vae(cfg, run, progress=not args.quiet)
+        if args.stage in ("flow", "all"):
+            stages.stage_flow(cfg, run, progress=not args.quiet)
+    except (EditflowError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

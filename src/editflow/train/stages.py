@@ -1,0 +1,202 @@
+"""The stages that make the built-in shapes model, each resumable, each writing into ``run_dir``.
+
+1. ``text``: CLIP (byte-level) and T5 (Unigram trained on world captions) tokenizers, and small
+   text encoders with random weights from the seed. They stay frozen: the transformer learns to
+   read their (fixed, injective enough) features, as FLUX reads its frozen CLIP and T5.
+2. ``vae``: an AutoencoderKL with 16 latent channels (like FLUX), trained on world images with
+   ``L1 + mse_weight * L2 + kl_weight * KL``. Afterwards its ``shift_factor`` and
+   ``scaling_factor`` are set so that latents have zero mean and unit variance (as FLUX's are).
+3. ``flow``: a FluxTransformer2DModel trained by rectified-flow matching on frozen VAE latents:
+   ``t = shift_mu(sigmoid(n))`` with ``n ~ N(m, s)`` (logit-normal) and FLUX's resolution shift
+   ``mu``; ``z_t = (1 - t) x0 + t eps``; loss ``|v_theta(z_t, t, c) - (eps - x0)|^2``.
+4. ``export``: the parts assembled into a diffusers ``FluxPipeline`` folder (safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..models.base import resolution_mu, time_shift_exponential
+from ..models.flux import latent_image_ids, pack_latents
+from ..models.tiny import make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
+from . import loop
+from .config import TrainConfig
+from .data import caption_corpus, world_batch
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+
+def stage_text(cfg: TrainConfig, run_dir: Path) -> None:
+    if (run_dir / "text_encoder_2" / "config.json").is_file():
+        return
+    corpus = caption_corpus(cfg.text.tokenizer_corpus, cfg.seed)
+    clip_tok = make_clip_tokenizer()
+    t5_tok = make_t5_tokenizer(corpus, vocab_size=cfg.text.t5_vocab_size, model_max_length=cfg.text.max_sequence_length)
+    longest = max(len(t5_tok(c).input_ids) for c in corpus)
+    if longest > cfg.text.max_sequence_length:
+        raise ValueError(f"captions need {longest} T5 tokens; raise text.max_sequence_length")
+    torch.manual_seed(cfg.seed)
+    clip, t5 = make_text_encoders(clip_tok, t5_tok, cfg.text.dim, cfg.text.clip_layers, cfg.text.t5_layers)
+    for sub, obj in [("tokenizer", clip_tok), ("tokenizer_2", t5_tok), ("text_encoder", clip), ("text_encoder_2", t5)]:
+        obj.save_pretrained(run_dir / sub)
+
+
+def build_vae(cfg: TrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae.block_out_channels),
+        layers_per_block=cfg.vae.layers_per_block,
+        latent_channels=cfg.vae.latent_channels,
+        norm_num_groups=cfg.vae.norm_num_groups,
+        sample_size=cfg.image_size,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def _load_or_build(cls, folder: Path, build):
+    return cls.from_pretrained(folder) if (folder / "config.json").is_file() else build()
+
+
+def stage_vae(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
+    from diffusers import AutoencoderKL
+
+    device = loop.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    vae = _load_or_build(AutoencoderKL, run_dir / "vae", lambda: build_vae(cfg)).to(device)
+    v = cfg.vae
+
+    def loss_at(step: int) -> torch.Tensor:
+        x, _ = world_batch(cfg.seed, step, v.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects)
+        x = x.to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        err = rec - x
+        return err.abs().mean() + v.mse_weight * err.pow(2).mean() + v.kl_weight * post.kl().mean()
+
+    params = list(vae.parameters())
+    loop.run("vae", vae, params, loss_at, v.steps, v.lr, min(200, v.steps // 10 + 1), run_dir / "vae",
+             cfg.checkpoint_every, progress)
+    set_latent_statistics(vae, cfg, device)
+    vae.save_pretrained(run_dir / "vae", safe_serialization=True)
+
+
+@torch.no_grad()
+def set_latent_statistics(vae, cfg: TrainConfig, device, batches: int = 8) -> None:
+    """Set ``shift_factor`` / ``scaling_factor`` so that ``(z - shift) * scale`` has mean 0, std 1."""
+    lat = []
+    for k in range(batches):
+        x, _ = world_batch(cfg.seed + 7919, k, 32, cfg.image_size, cfg.min_objects, cfg.max_objects)
+        lat.append(vae.encode(x.to(device)).latent_dist.mode().float().cpu())
+    z = torch.cat(lat)
+    vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
+
+
+def build_transformer(cfg: TrainConfig):
+    from diffusers import FluxTransformer2DModel
+
+    f = cfg.flow
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=cfg.vae.latent_channels * 4,
+        num_layers=f.num_layers,
+        num_single_layers=f.num_single_layers,
+        attention_head_dim=f.attention_head_dim,
+        num_attention_heads=f.num_attention_heads,
+        joint_attention_dim=cfg.text.dim,
+        pooled_projection_dim=cfg.text.dim,
+        guidance_embeds=False,
+        axes_dims_rope=tuple(f.axes_dims_rope),
+    )
+
+
+def assemble(run_dir: Path, transformer=None):
+    """A FluxPipeline from the stages' folders (the transformer may be passed in, still training)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        vae=AutoencoderKL.from_pretrained(run_dir / "vae").eval(),
+        text_encoder=CLIPTextModel.from_pretrained(run_dir / "text_encoder").eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(run_dir / "tokenizer"),
+        text_encoder_2=T5EncoderModel.from_pretrained(run_dir / "text_encoder_2").eval(),
+        tokenizer_2=T5TokenizerFast.from_pretrained(run_dir / "tokenizer_2"),
+        transformer=transformer if transformer is not None else FluxTransformer2DModel.from_pretrained(run_dir / "transformer"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def stage_flow(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
+    from diffusers import FluxTransformer2DModel
+
+    device = loop.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed + 1)
+    transformer = _load_or_build(FluxTransformer2DModel, run_dir / "transformer", lambda: build_transformer(cfg))
+    pipe = assemble(run_dir, transformer).to(device)
+    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
+    f, vae = cfg.flow, pipe.vae
+    side = cfg.image_size // pipe.vae_scale_factor // 2
+    img_ids = latent_image_ids(side, side).to(device)
+    mu = resolution_mu(side * side, SCHEDULER_CONFIG["base_image_seq_len"], SCHEDULER_CONFIG["max_image_seq_len"],
+                       SCHEDULER_CONFIG["base_shift"], SCHEDULER_CONFIG["max_shift"])
+    noise_gen = torch.Generator(device="cpu")
+
+    def loss_at(step: int) -> torch.Tensor:
+        x, captions = world_batch(cfg.seed, step, f.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects)
+        noise_gen.manual_seed(cfg.seed * 1_000_003 + step)
+        if f.caption_dropout > 0:
+            drop = torch.rand(len(captions), generator=noise_gen) < f.caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        with torch.no_grad():
+            lat = vae.encode(x.to(device)).latent_dist.mode()
+            x0 = pack_latents((lat - vae.config.shift_factor) * vae.config.scaling_factor)
+            embeds, pooled, txt_ids = pipe.encode_prompt(captions, prompt_2=None, device=device,
+                                                         max_sequence_length=cfg.text.max_sequence_length)
+        n = f.logit_normal_mean + f.logit_normal_std * torch.randn(x0.shape[0], generator=noise_gen)
+        t = time_shift_exponential(mu, torch.sigmoid(n)).to(device)
+        eps = torch.randn(x0.shape, generator=noise_gen).to(device)
+        z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+        v = transformer(hidden_states=z_t, timestep=t, guidance=None, pooled_projections=pooled,
+                        encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        return (v - (eps - x0)).pow(2).mean()
+
+    loop.run("flow", transformer, list(transformer.parameters()), loss_at, f.steps, f.lr, f.warmup,
+             run_dir / "transformer", cfg.checkpoint_every, progress)
+
+
+def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the trained model as a FluxPipeline folder (safetensors) at ``out_dir``."""
+    pipe = assemble(run_dir)
+    pipe.to(dtype=dtype)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
+    return out_dir
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.json"
+    same = lambda d: {k: v for k, v in d.items() if k != "device"}  # noqa: E731  (device may change)
+    if path.is_file() and same(json.loads(path.read_text())) != same(cfg.to_dict()):
+        raise ValueError(f"{run_dir} was started with another config; use a new run folder or the same config")
+    path.write_text(json.dumps(cfg.to_dict(), indent=1))
