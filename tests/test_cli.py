@@ -106,3 +106,19 @@ def test_models_lists_names():
     assert r.exit_code == 0
     for name in ("shapes", "tiny-flux", "flux-dev", "black-forest-labs/FLUX.1-schnell"):
         assert name in r.stdout
+
+
+def test_demo_writes_a_scored_grid(tmp_path):
+    out = tmp_path / "demo.png"
+    r = runner.invoke(app, ["demo", "--model", "tiny-flux", "-o", str(out), "--seed", "2", "--methods", "flowedit"])
+    assert r.exit_code == 0, r.output
+    with Image.open(out) as im:
+        assert im.size == (3 * 192 + 2 * 4, 192 + 44)  # source | ground truth | flowedit
+    assert "flowedit" in r.stdout and "psnr outside mask" in r.stdout and "->" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [(["--kind", "bogus"], "unknown edit kind"),
+                                         (["--methods", "flowedit,nope"], "unknown method 'nope'")])
+def test_demo_rejects_bad_options(tmp_path, args, needle):
+    r = runner.invoke(app, ["demo", "--model", "tiny-flux", "-o", str(tmp_path / "d.png"), *args])
+    assert r.exit_code == 2 and needle in r.stderr and not (tmp_path / "d.png").exists()
