@@ -72,3 +72,22 @@ def test_resumed_training_equals_uninterrupted(micro_run, tmp_path):
     assert resumed.keys() == straight.keys()
     diffs = [float((resumed[k] - straight[k]).abs().max()) for k in resumed]
     assert max(diffs) == 0.0
+
+
+def test_resume_refuses_a_different_model_but_allows_more_steps(micro_run, tmp_path):
+    cfg = TrainConfig.load(micro_run / "micro.json")
+    stages.save_config(cfg, tmp_path)
+    cfg.flow.steps += 10
+    cfg.device = "cpu"
+    stages.save_config(cfg, tmp_path)  # longer training and another device: fine
+    cfg.flow.num_layers += 1
+    with pytest.raises(ValueError, match="another config"):
+        stages.save_config(cfg, tmp_path)
+
+
+def test_bad_config_files_fail_with_one_line(tmp_path):
+    (tmp_path / "bad.json").write_text('{"vae": {"stepz": 3}}')
+    with pytest.raises(EditflowError, match="unknown key 'stepz'"):
+        TrainConfig.load(tmp_path / "bad.json")
+    with pytest.raises(EditflowError, match="not found"):
+        TrainConfig.load(tmp_path / "absent.json")

@@ -44,7 +44,7 @@ class FlowConfig:
     attention_head_dim: int = 32
     num_attention_heads: int = 4
     axes_dims_rope: list[int] = field(default_factory=lambda: [8, 12, 12])
-    steps: int = 20000
+    steps: int = 7000
     batch_size: int = 32
     lr: float = 5e-4
     warmup: int = 500

@@ -193,10 +193,17 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> 
     return out_dir
 
 
+def _identity(config: dict) -> dict:
+    """What a run may not change when it resumes: all but the device and the step counts."""
+    out = {k: v for k, v in config.items() if k != "device"}
+    for stage in ("vae", "flow"):
+        out[stage] = {k: v for k, v in out[stage].items() if k != "steps"}
+    return out
+
+
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
-    same = lambda d: {k: v for k, v in d.items() if k != "device"}  # noqa: E731  (device may change)
-    if path.is_file() and same(json.loads(path.read_text())) != same(cfg.to_dict()):
+    if path.is_file() and _identity(json.loads(path.read_text())) != _identity(cfg.to_dict()):
         raise ValueError(f"{run_dir} was started with another config; use a new run folder or the same config")
     path.write_text(json.dumps(cfg.to_dict(), indent=1))
