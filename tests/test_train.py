@@ -91,3 +91,20 @@ def test_bad_config_files_fail_with_one_line(tmp_path):
         TrainConfig.load(tmp_path / "bad.json")
     with pytest.raises(EditflowError, match="not found"):
         TrainConfig.load(tmp_path / "absent.json")
+
+
+def test_export_is_a_loadable_pipeline_folder_with_a_model_card(micro_run, tmp_path):
+    import subprocess
+    import sys
+
+    out = stages.export(micro_run / "run", tmp_path / "shapes")
+    card = (out / "MODEL.md").read_text()
+    assert "Transformer: 4 steps" in card and "safetensors" in card
+    assert not list(out.rglob("*.bin")) and sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 60 * 2**20
+    code = ("import sys, editflow; m = editflow.load_model(sys.argv[1], device='cpu'); "
+            "im = editflow.generate(m, 'a large red circle in the center, on a gray background', 32, 32, steps=2); "
+            "print(im.size)")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("(32, 32)")

@@ -23,6 +23,7 @@ from ..models.base import resolution_mu, time_shift_exponential
 from ..models.flux import latent_image_ids, pack_latents
 from ..models.tiny import make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
 from . import loop
+from .card import write_model_card
 from .config import TrainConfig
 from .data import caption_corpus, world_batch
 
@@ -190,6 +191,7 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> 
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
+    write_model_card(run_dir, out_dir)
     return out_dir
 
 
