@@ -24,6 +24,19 @@ from ..errors import EditflowError
 from .base import CallCounter, Cond, TokenGrid, check_steps, resolution_mu, time_shift_exponential, time_shift_static
 
 
+# FLUX.1-dev's FlowMatchEulerDiscreteScheduler config (resolution-dependent shift); editflow's own
+# FLUX-architecture models (tiny, shapes) use it too.
+FLUX_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
+)
+
+
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """``[B, C, 2h, 2w]`` -> ``[B, h*w, 4C]`` (2x2 patches, diffusers' order)."""
     b, c, hh, ww = latents.shape

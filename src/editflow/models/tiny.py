@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .flux import FLUX_SCHEDULER_CONFIG
+
 TOKENIZER_ASSETS = "assets/tokenizers"
 
 # A small corpus for the T5-style tokenizer: the vocabulary of simple scene captions.
@@ -183,15 +185,6 @@ TINY_CONFIG = {
         use_post_quant_conv=False,
         force_upcast=True,
     ),
-    "scheduler": dict(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    ),
 }
 
 
@@ -205,7 +198,7 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
     tcfg = dict(TINY_CONFIG["transformer"], guidance_embeds=guidance_embeds)
     transformer = FluxTransformer2DModel(**tcfg)
     vae = AutoencoderKL(**TINY_CONFIG["vae"])
-    scheduler = FlowMatchEulerDiscreteScheduler(**TINY_CONFIG["scheduler"])
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG)
     pipe = FluxPipeline(
         scheduler=scheduler,
         vae=vae,

@@ -20,22 +20,13 @@ from pathlib import Path
 import torch
 
 from ..models.base import resolution_mu, time_shift_exponential
-from ..models.flux import latent_image_ids, pack_latents
+from ..models.flux import FLUX_SCHEDULER_CONFIG, latent_image_ids, pack_latents
 from ..models.tiny import make_clip_tokenizer, make_t5_tokenizer, make_text_encoders
 from . import loop
 from .card import write_model_card
 from .config import TrainConfig
 from .data import caption_corpus, world_batch
 
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    shift=3.0,
-    use_dynamic_shifting=True,
-    base_shift=0.5,
-    max_shift=1.15,
-    base_image_seq_len=256,
-    max_image_seq_len=4096,
-)
 
 
 def stage_text(cfg: TrainConfig, run_dir: Path) -> None:
@@ -134,7 +125,7 @@ def assemble(run_dir: Path, transformer=None):
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
         vae=AutoencoderKL.from_pretrained(run_dir / "vae").eval(),
         text_encoder=CLIPTextModel.from_pretrained(run_dir / "text_encoder").eval(),
         tokenizer=CLIPTokenizer.from_pretrained(run_dir / "tokenizer"),
@@ -158,8 +149,8 @@ def stage_flow(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     f, vae = cfg.flow, pipe.vae
     side = cfg.image_size // pipe.vae_scale_factor // 2
     img_ids = latent_image_ids(side, side).to(device)
-    mu = resolution_mu(side * side, SCHEDULER_CONFIG["base_image_seq_len"], SCHEDULER_CONFIG["max_image_seq_len"],
-                       SCHEDULER_CONFIG["base_shift"], SCHEDULER_CONFIG["max_shift"])
+    mu = resolution_mu(side * side, FLUX_SCHEDULER_CONFIG["base_image_seq_len"], FLUX_SCHEDULER_CONFIG["max_image_seq_len"],
+                       FLUX_SCHEDULER_CONFIG["base_shift"], FLUX_SCHEDULER_CONFIG["max_shift"])
     noise_gen = torch.Generator(device="cpu")
 
     def loss_at(step: int) -> torch.Tensor:
