@@ -6,6 +6,7 @@ STAGE: text | vae | flow | all | export. Every stage resumes from the checkpoint
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="JSON config (defaults: the CPU configuration)")
     ap.add_argument("--run", required=True, help="run folder: checkpoints, logs, config")
     ap.add_argument("--out", default=None, help="export: the pipeline folder to write")
+    ap.add_argument("--quality", default=None, help="export: a benchmarks/shapes_quality.py JSON for MODEL.md")
     ap.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -31,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "export":
             if not args.out:
                 raise EditflowError("export needs --out DIR")
-            stages.export(run, Path(args.out))
+            quality = None
+            if args.quality:
+                qpath = Path(args.quality)
+                if not qpath.is_file():
+                    raise EditflowError(f"quality file not found: {qpath}")
+                quality = json.loads(qpath.read_text())
+            stages.export(run, Path(args.out), quality=quality)
             return 0
         stages.save_config(cfg, run)
         if args.stage in ("text", "all"):

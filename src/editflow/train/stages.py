@@ -176,13 +176,13 @@ def stage_flow(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
              run_dir / "transformer", cfg.checkpoint_every, progress)
 
 
-def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, quality: dict | None = None) -> Path:
     """Write the trained model as a FluxPipeline folder (safetensors) at ``out_dir``."""
     pipe = assemble(run_dir)
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
-    write_model_card(run_dir, out_dir)
+    write_model_card(run_dir, out_dir, quality)
     return out_dir
 
 
