@@ -14,7 +14,8 @@ MICRO = {
     "image_size": 32,
     "checkpoint_every": 2,
     "vae": {"block_out_channels": [8, 8], "norm_num_groups": 4, "steps": 3, "batch_size": 2},
-    "text": {"dim": 16, "t5_layers": 1, "tokenizer_corpus": 300, "t5_vocab_size": 80},
+    "text": {"dim": 16, "t5_layers": 1, "tokenizer_corpus": 300, "t5_vocab_size": 80, "pretrain_steps": 3,
+             "pretrain_batch_size": 4},
     "flow": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
              "axes_dims_rope": [2, 2, 4], "steps": 4, "batch_size": 2, "warmup": 2},
 }
@@ -32,6 +33,9 @@ def test_stages_write_checkpoints_and_logs(micro_run):
     run = micro_run / "run"
     for sub in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer"):
         assert (run / sub).is_dir(), sub
+    assert not (run / "text_encoder_2.train").exists()  # the pretraining scratch folder is gone
+    accuracy = json.loads((run / "text_pretrain.json").read_text())["held_out_token_accuracy"]
+    assert set(accuracy) == {"size", "color", "shape", "position", "background"}
     state = torch.load(run / "transformer" / "state.pt", weights_only=True)
     assert state["step"] == 4
     log = [json.loads(line) for line in (run / "flow.log.jsonl").read_text().splitlines()]

@@ -117,7 +117,7 @@ def shipped_tokenizers():
         return CLIPTokenizer.from_pretrained(path / "tokenizer"), T5TokenizerFast.from_pretrained(path / "tokenizer_2")
 
 
-def make_text_encoders(clip_tok, t5_tok, dim: int, clip_layers: int = 1, t5_layers: int = 1):
+def make_text_encoders(clip_tok, t5_tok, dim: int, clip_layers: int = 1, t5_layers: int = 1, t5_buckets: int = 8):
     """Small randomly initialised CLIPTextModel and T5EncoderModel for the given tokenizers.
 
     Draws from torch's global generator: seed it first for reproducible weights.
@@ -146,7 +146,7 @@ def make_text_encoders(clip_tok, t5_tok, dim: int, clip_layers: int = 1, t5_laye
             d_ff=2 * dim,
             num_layers=t5_layers,
             num_heads=4,
-            relative_attention_num_buckets=8,
+            relative_attention_num_buckets=t5_buckets,
             pad_token_id=t5_tok.pad_token_id,
             eos_token_id=t5_tok.eos_token_id,
             decoder_start_token_id=t5_tok.pad_token_id,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    # CLIP's 77-token limit truncates long captions by design (T5 reads them whole): not news each step
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         cfg = TrainConfig.load(args.config)
         if args.device:
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stages.save_config(cfg, run)
         if args.stage in ("text", "all"):
-            stages.stage_text(cfg, run)
+            stages.stage_text(cfg, run, progress=not args.quiet)
         if args.stage in ("vae", "all"):
             stages.stage_vae(cfg, run, progress=not args.quiet)
         if args.stage in ("flow", "all"):

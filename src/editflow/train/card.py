@@ -42,6 +42,46 @@ def _params(folder: Path) -> int:
     return n
 
 
+def _text_line(run_dir: Path, cfg: dict) -> str:
+    t = cfg["text"]
+    path = run_dir / "text_pretrain.json"
+    if not t.get("pretrain_steps") or not path.is_file():
+        return f"- Text encoders: random weights from the seed, frozen (CLIP {t['clip_layers']} layer, T5 {t['t5_layers']} layers, width {t['dim']})."
+    acc = json.loads(path.read_text())["held_out_token_accuracy"]
+    scores = ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
+    return (f"- Text encoders: CLIP random from the seed ({t['clip_layers']} layer); T5 ({t['t5_layers']} layers, width {t['dim']}) "
+            f"pretrained by caption parsing for {t['pretrain_steps']} steps (`editflow.train.text`; held-out token accuracy: "
+            f"{scores}), then both frozen.")
+
+
+# (what, where in benchmarks/shapes_quality.py's JSON, the Shapes issue's target)
+_ROWS = [
+    ("text-to-image: object colour accuracy", ("text_to_image", "color"), ">= 90%"),
+    ("text-to-image: object shape accuracy", ("text_to_image", "shape"), ">= 80%"),
+    ("text-to-image: object position accuracy", ("text_to_image", "position"), ">= 90%"),
+    ("text-to-image: object size accuracy", ("text_to_image", "size"), ""),
+    ("text-to-image: background accuracy", ("text_to_image", "background"), ""),
+    ("text-to-image: whole scene right", ("text_to_image", "all_correct"), ""),
+]
+
+
+def quality_table(quality: dict) -> list[str]:
+    """Markdown lines: the measured numbers beside the targets, then the raw JSON."""
+    lines = ["| measure | value | target |", "| --- | --- | --- |"]
+    for label, (section, key), target in _ROWS:
+        if section in quality:
+            lines.append(f"| {label} (n={quality[section]['n']}) | {quality[section][key]:.1%} | {target} |")
+    if "reconstruction" in quality:
+        r = quality["reconstruction"]
+        lines.append(f"| VAE reconstruction PSNR, mean / min (n={r['n']}) | {r['psnr_mean']:.1f} / {r['psnr_min']:.1f} dB | >= 30 dB |")
+    for method, e in quality.get("editing", {}).items():
+        target = (">= 70%", ">= 25 dB") if method == "flowedit" else ("", "")
+        lines.append(f"| colour edit, {method}: edited object's colour right (n={e['n']}) | {e['color_accuracy']:.1%} | {target[0]} |")
+        lines.append(f"| colour edit, {method}: PSNR outside the mask vs source | {e['psnr_outside_mask']:.1f} dB | {target[1]} |")
+    settings = f"{quality.get('steps', '?')} Euler steps, {quality.get('size', '?')} px, device {quality.get('device', '?')}"
+    return lines + ["", f"Sampling: {settings}. Raw output:", "", "```json", json.dumps(quality, indent=1), "```"]
+
+
 def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, device: str | None = None) -> Path:
     cfg = json.loads((run_dir / "config.json").read_text())
     vae_log, flow_log = _last_log(run_dir, "vae"), _last_log(run_dir, "flow")
@@ -58,6 +98,7 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
         "",
         f"- Reproduce: `python -m editflow.train all --config configs/shapes-cpu.json --run runs/shapes` then "
         "`python -m editflow.train export --run runs/shapes --out src/editflow/assets/models/shapes`.",
+        _text_line(run_dir, cfg),
         f"- VAE: {vae_log.get('step', 0)} steps, batch {cfg['vae']['batch_size']}, final loss {vae_log.get('loss', float('nan')):.4f}, "
         f"{_stage_seconds(run_dir, 'vae') / 60:.1f} min.",
         f"- Transformer: {flow_log.get('step', 0)} steps of rectified-flow matching, batch {cfg['flow']['batch_size']}, "
@@ -75,10 +116,7 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
         "## Measured quality (`benchmarks/shapes_quality.py`, held-out scenes)",
         "",
     ]
-    if quality:
-        lines += ["```json", json.dumps(quality, indent=1), "```"]
-    else:
-        lines += ["Not measured yet."]
+    lines += quality_table(quality) if quality else ["Not measured yet."]
     path = out_dir / "MODEL.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -34,7 +34,12 @@ class TextConfig:
     clip_layers: int = 1
     max_sequence_length: int = 48
     t5_vocab_size: int = 160
+    t5_buckets: int = 8  # T5 relative-position buckets (half per direction; exact below a quarter)
     tokenizer_corpus: int = 20000  # captions sampled to train the T5 tokenizer
+    # T5 pretraining by caption parsing (train/text.py) before it is frozen; 0 steps: random, frozen
+    pretrain_steps: int = 0
+    pretrain_batch_size: int = 64
+    pretrain_lr: float = 1e-3
 
 
 @dataclass

@@ -77,6 +77,7 @@ def run(
     scheduler = warmup_cosine(optimizer, warmup, steps)
     start = load_state(stage_dir, optimizer, scheduler)
     log_path = stage_dir.with_name(f"{name}.log.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     if start >= steps:
         return start
     from tqdm.auto import tqdm

@@ -1,8 +1,9 @@
 """The stages that make the built-in shapes model, each resumable, each writing into ``run_dir``.
 
 1. ``text``: CLIP (byte-level) and T5 (Unigram trained on world captions) tokenizers, and small
-   text encoders with random weights from the seed. They stay frozen: the transformer learns to
-   read their (fixed, injective enough) features, as FLUX reads its frozen CLIP and T5.
+   text encoders from the seed. With ``text.pretrain_steps`` the T5 encoder is first pretrained by
+   caption parsing (:mod:`editflow.train.text`), as FLUX's T5 comes pretrained; CLIP keeps random
+   weights. Both stay frozen while the transformer trains, as FLUX's do.
 2. ``vae``: an AutoencoderKL with 16 latent channels (like FLUX), trained on world images with
    ``L1 + mse_weight * L2 + kl_weight * KL``. Afterwards its ``shift_factor`` and
    ``scaling_factor`` are set so that latents have zero mean and unit variance (as FLUX's are).
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -26,10 +28,11 @@ from . import loop
 from .card import write_model_card
 from .config import TrainConfig
 from .data import caption_corpus, world_batch
+from .text import pretrain_t5
 
 
 
-def stage_text(cfg: TrainConfig, run_dir: Path) -> None:
+def stage_text(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     if (run_dir / "text_encoder_2" / "config.json").is_file():
         return
     corpus = caption_corpus(cfg.text.tokenizer_corpus, cfg.seed)
@@ -39,8 +42,17 @@ def stage_text(cfg: TrainConfig, run_dir: Path) -> None:
     if longest > cfg.text.max_sequence_length:
         raise ValueError(f"captions need {longest} T5 tokens; raise text.max_sequence_length")
     torch.manual_seed(cfg.seed)
-    clip, t5 = make_text_encoders(clip_tok, t5_tok, cfg.text.dim, cfg.text.clip_layers, cfg.text.t5_layers)
-    for sub, obj in [("tokenizer", clip_tok), ("tokenizer_2", t5_tok), ("text_encoder", clip), ("text_encoder_2", t5)]:
+    tc = cfg.text
+    clip, t5 = make_text_encoders(clip_tok, t5_tok, tc.dim, tc.clip_layers, tc.t5_layers, tc.t5_buckets)
+    if tc.pretrain_steps:
+        accuracy = pretrain_t5(t5, t5_tok, seed=cfg.seed, steps=tc.pretrain_steps, batch_size=tc.pretrain_batch_size,
+                               lr=tc.pretrain_lr, max_length=tc.max_sequence_length, min_objects=cfg.min_objects,
+                               max_objects=cfg.max_objects, stage_dir=run_dir / "text_encoder_2.train",
+                               progress=progress, device=loop.resolve_device(cfg.device))
+        (run_dir / "text_pretrain.json").write_text(json.dumps({"held_out_token_accuracy": accuracy}, indent=1))
+        shutil.rmtree(run_dir / "text_encoder_2.train")
+    # the finished encoder folder is written last: its config.json marks the stage as done
+    for sub, obj in [("tokenizer", clip_tok), ("tokenizer_2", t5_tok), ("text_encoder", clip), ("text_encoder_2", t5.cpu())]:
         obj.save_pretrained(run_dir / sub)
 
 

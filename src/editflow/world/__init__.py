@@ -12,7 +12,7 @@ pixel metrics and an analytic reader that needs no weights. See ``DESIGN.md`` se
 True
 """
 
-from .captions import Style, caption, parse_caption, sample_style
+from .captions import Style, caption, object_spans, parse_caption, sample_style
 from .edits import EDIT_KINDS, Edit, EditExample, edit_mask, make_edit, make_example, sample_edit
 from .oracle import edit_scores, mse, psnr, read_background, read_object, read_scene_accuracy, ssim
 from .render import background_mask, object_coverage, object_mask, render
@@ -53,6 +53,7 @@ __all__ = [
     "mse",
     "object_coverage",
     "object_mask",
+    "object_spans",
     "parse_caption",
     "psnr",
     "read_background",

@@ -108,6 +108,14 @@ _BACKGROUND_RE = re.compile(rf"\ba (?:({_alternatives(_TEXTURE_OF)}) )?({_altern
 _FILLER = {w for phrase in (*PREFIXES, *BACKGROUND_WORDS, "and", "with") for w in phrase.split()}
 
 
+def object_spans(text: str) -> list[tuple[int, int, Obj]]:
+    """``(start, end, object)`` of every object phrase in ``text`` (character offsets, in order).
+
+    The phrase is ``a SIZE COLOR SHAPE in|at the POSITION``; matching ignores case.
+    """
+    return [(m.start(), m.end(), Obj(m[3], m[2], m[1], m[4])) for m in _OBJECT_RE.finditer(text.lower())]
+
+
 def parse_caption(text: str) -> Scene:
     """The scene a caption describes, objects in the order mentioned; :class:`WorldError` if unreadable.
 
@@ -115,7 +123,7 @@ def parse_caption(text: str) -> Scene:
     connecting words ("a picture of", "and", "on", "with", ...) is an error.
     """
     lowered = text.strip().lower()
-    objects = [Obj(m[3], m[2], m[1], m[4]) for m in _OBJECT_RE.finditer(lowered)]
+    objects = [obj for _, _, obj in object_spans(lowered)]
     backgrounds = list(_BACKGROUND_RE.finditer(lowered))
     if not objects or len(backgrounds) != 1:
         raise WorldError(f"cannot parse caption {text!r}: need at least one object and exactly one background")
