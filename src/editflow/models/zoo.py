@@ -40,8 +40,8 @@ def _shapes() -> Any:
     """The built-in trained shapes model, shipped as a FluxPipeline folder inside the package."""
     if not (SHAPES_DIR / "model_index.json").is_file():
         raise ModelNotAvailableError(
-            "the built-in 'shapes' model is not in this install yet (it lands with the Shapes milestone): "
-            "pass --model tiny-flux to exercise the code (its output is noise), or a real model such as --model flux-dev"
+            f"the built-in 'shapes' model is missing from this install (no {SHAPES_DIR / 'model_index.json'}): "
+            "reinstall editflow from a full checkout (pip install -e .), or pass --model tiny-flux (noise) or --model flux-dev"
         )
     return _load_hub_or_folder(str(SHAPES_DIR), torch.float32)
 

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="run folder: checkpoints, logs, config")
     ap.add_argument("--out", default=None, help="export: the pipeline folder to write")
     ap.add_argument("--quality", default=None, help="export: a benchmarks/shapes_quality.py JSON for MODEL.md")
+    ap.add_argument("--trained-on", default=None, help="export: the training machine, for MODEL.md (e.g. 'CPU, 2 cores')")
     ap.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not qpath.is_file():
                     raise EditflowError(f"quality file not found: {qpath}")
                 quality = json.loads(qpath.read_text())
-            stages.export(run, Path(args.out), quality=quality)
+            stages.export(run, Path(args.out), quality=quality, trained_on=args.trained_on)
             return 0
         stages.save_config(cfg, run)
         if args.stage in ("text", "all"):

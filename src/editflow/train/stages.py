@@ -188,13 +188,14 @@ def stage_flow(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
              run_dir / "transformer", cfg.checkpoint_every, progress)
 
 
-def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, quality: dict | None = None) -> Path:
+def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, quality: dict | None = None,
+           trained_on: str | None = None) -> Path:
     """Write the trained model as a FluxPipeline folder (safetensors) at ``out_dir``."""
     pipe = assemble(run_dir)
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
-    write_model_card(run_dir, out_dir, quality)
+    write_model_card(run_dir, out_dir, quality, device=trained_on)
     return out_dir
 
 
