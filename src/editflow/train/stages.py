@@ -45,6 +45,8 @@ def stage_text(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     tc = cfg.text
     clip, t5 = make_text_encoders(clip_tok, t5_tok, tc.dim, tc.clip_layers, tc.t5_layers, tc.t5_buckets)
     if tc.pretrain_steps:
+        # the parsing heads are never saved, so a scratch checkpoint of an interrupted stage cannot resume
+        shutil.rmtree(run_dir / "text_encoder_2.train", ignore_errors=True)
         accuracy = pretrain_t5(t5, t5_tok, seed=cfg.seed, steps=tc.pretrain_steps, batch_size=tc.pretrain_batch_size,
                                lr=tc.pretrain_lr, max_length=tc.max_sequence_length, min_objects=cfg.min_objects,
                                max_objects=cfg.max_objects, stage_dir=run_dir / "text_encoder_2.train",
