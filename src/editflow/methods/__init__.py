@@ -4,9 +4,10 @@
 NFE formula, citation). Importing this package registers them all.
 """
 
-from . import flowedit, ode_inversion  # noqa: F401  (registration)
+from . import flowedit, ode_inversion, rf_inversion  # noqa: F401  (registration)
 from .base import METHODS, EditRequest, Method, MethodParams, get_method
 from .flowedit import FlowEditParams
 from .ode_inversion import ODEInversionParams
+from .rf_inversion import RFInversionParams
 
-__all__ = ["METHODS", "EditRequest", "FlowEditParams", "Method", "MethodParams", "ODEInversionParams", "get_method"]
+__all__ = ["METHODS", "EditRequest", "FlowEditParams", "Method", "MethodParams", "ODEInversionParams", "RFInversionParams", "get_method"]

@@ -7,9 +7,12 @@ RF-Solver's "vanilla" baseline). With the schedule ``t_T = 1 > ... > t_0 = 0`` a
     inversion:    Z_0 = X^src;   Z_{t_{i+1}} = Z_{t_i} + (t_{i+1} - t_i) V^src(Z_{t_i}, t_i)   up to t_{T-k}
     regeneration: Z_{t_{i-1}} = Z_{t_i} + (t_{i-1} - t_i) V^tar(Z_{t_i}, t_i)                  back to 0
 
-(written for the Euler solver; ``solver`` picks another). NFE = 2 (steps - skip), one row each.
-With equal prompts and guidance the output differs from the input only by the solver's
-discretisation error, which falls as ``steps`` grows (1st order for Euler).
+(written for the Euler solver; ``solver`` picks any of :data:`editflow.solvers.SOLVERS`, e.g.
+``rf_solver``, ``fireflow``, ``dpmpp_2m`` or ``nudged_euler``). NFE = the solver's count for
+``steps - skip`` steps, inverting plus regenerating, one row per call: Euler ``2 (steps - skip)``,
+RF-Solver ``4 (steps - skip)``, FireFlow ``2 (steps - skip + 1)``. With equal prompts and guidance the output differs
+from the input only by the solver's discretisation error, which falls as ``steps`` grows at the
+solver's order.
 
 Defaults: no paper fixes them; editflow uses FlowEdit's settings per family (FLUX: 28 steps,
 guidance 1.5 / 5.5; SD3: 50 steps, 3.5 / 13.5) so that the two are compared on equal footing.
@@ -56,8 +59,9 @@ class ODEInversionParams(MethodParams):
 
 
 def ode_inversion_nfe(p: ODEInversionParams) -> NFE:
-    n = 2 * (p.steps - p.skip)
-    return NFE(calls=n, rows=n)
+    solver, n, from_noise = get_solver(p.solver), p.steps - p.skip, p.skip == 0
+    calls = solver.nfe(n, True, from_noise) + solver.nfe(n, False, from_noise)
+    return NFE(calls=calls, rows=calls)
 
 
 @register("ode_inversion", ODEInversionParams, ode_inversion_nfe, PAPER)
