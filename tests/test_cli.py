@@ -122,3 +122,24 @@ def test_demo_writes_a_scored_grid(tmp_path):
 def test_demo_rejects_bad_options(tmp_path, args, needle):
     r = runner.invoke(app, ["demo", "--model", "tiny-flux", "-o", str(tmp_path / "d.png"), *args])
     assert r.exit_code == 2 and needle in r.stderr and not (tmp_path / "d.png").exists()
+
+
+def test_solvers_lists_each_solver_with_its_cost():
+    r = runner.invoke(app, ["solvers"])
+    assert r.exit_code == 0
+    for line in ("rf_solver          order 2  NFE for 10 steps:  20", "fireflow           order 2  NFE for 10 steps:  11",
+                 "euler              order 1  NFE for 10 steps:  10"):
+        assert line in r.stdout
+    assert "nudged_<name>" in r.stdout
+
+
+def test_rf_inversion_and_solver_choice_from_the_cli(tmp_path, photo):
+    out = tmp_path / "o.png"
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "rf_inversion", "--steps", "3", "--set", "eta=1.0",
+              "--set", "sde=true", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "ode_inversion", "--steps", "3", "--set", "solver=fireflow",
+              "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "ode_inversion", "--set", "solver=heun", "-o", tmp_path / "x.png")
+    assert r.exit_code == 2 and "unknown solver 'heun'" in r.output and not (tmp_path / "x.png").exists()

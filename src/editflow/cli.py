@@ -3,6 +3,7 @@
     editflow edit IMAGE -s SRC -t TAR [--method flowedit] [--model NAME_OR_PATH] [--steps N]
                   [--seed S] [--set key=value ...] -o OUT.png [--compare BEFORE_AFTER.png]
     editflow methods
+    editflow solvers
     editflow models
     editflow world sample --n N --seed S -o DIR [--size 64] [--textures] [--paraphrase]
     editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--size 64] [...]
@@ -168,6 +169,17 @@ def methods_cmd() -> None:
         for f in dataclasses.fields(defaults):
             typer.echo(f"  {f.name} = {getattr(defaults, f.name)!r}")
         typer.echo("")
+
+
+@app.command("solvers")
+def solvers_cmd() -> None:
+    """List the ODE solvers (for `--set solver=NAME`), their order, NFE and paper."""
+    from .solvers import NUDGE_PREFIX, SOLVERS
+
+    for sv in SOLVERS.values():
+        typer.echo(f"{sv.name:<18} order {sv.order}  NFE for 10 steps: {sv.nfe(10, False, True):>3} denoising, "
+                   f"{sv.nfe(10, True, True):>3} inverting   {sv.paper}")
+    typer.echo(f"{NUDGE_PREFIX + '<name>':<18} any of the above with Stable Flow's latent nudging (lambda = 1.15)")
 
 
 @app.command("models")
