@@ -196,10 +196,10 @@ class FluxAdapter:
         """``v(z, t | cond)`` for every row of ``z`` in one transformer call.
 
         ``cond`` has one row (shared) or one per row of ``z``; ``guidance`` is a scalar, one value
-        per row, or ``None`` for the model's default. Returns float32 ``[B, N, C]``.
+        per row, or ``None`` for the model's default. ``control`` (an
+        :class:`~editflow.attention.AttentionControl`) hooks every attention layer for this call
+        only. Returns float32 ``[B, N, C]``.
         """
-        if control is not None:
-            raise NotImplementedError("attention controls arrive with the attention layer")
         b = z.shape[0]
         cond = cond.expand(b)
         timestep = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(b).to(self.device, self.dtype)
@@ -207,7 +207,7 @@ class FluxAdapter:
         if self.guidance_distilled:
             gval = self.default_guidance if guidance is None else guidance
             g = torch.as_tensor(gval, dtype=torch.float32).reshape(-1).expand(b).to(self.device)
-        out = self.transformer(
+        kwargs = dict(
             hidden_states=z.to(self.device, self.dtype),
             timestep=timestep,
             guidance=g,
@@ -216,6 +216,14 @@ class FluxAdapter:
             txt_ids=cond.ids,
             img_ids=self.img_ids(grid),
             return_dict=False,
-        )[0]
+        )
+        if control is None:
+            out = self.transformer(**kwargs)[0]
+        else:
+            from ..attention.flux import CallInfo, installed
+
+            with installed(self.transformer, control, CallInfo(float(torch.as_tensor(t).reshape(-1)[0]),
+                                                               cond.embeds.shape[1], grid)):
+                out = self.transformer(**kwargs)[0]
         self.counter.record(b)
         return out.float()

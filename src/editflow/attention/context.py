@@ -1,0 +1,63 @@
+"""What a control sees at a hook point, and the base class every control extends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.base import TokenGrid
+
+
+@dataclass(frozen=True)
+class AttentionContext:
+    """One hook call: where in the edit and where in the network.
+
+    phase: ``"invert"`` or ``"edit"`` (set by the method). step: the method's step counter
+    (``None`` if it does not count). t: the model time of this call. layer: ``"double.{i}"`` or
+    ``"single.{j}"``. n_text: text tokens, which come first in the joint sequence; the image
+    tokens follow, laid out on ``grid``. rows: named batch rows (e.g. ``{"source": [0],
+    "target": [1]}``) as the method declared them.
+    """
+
+    phase: str
+    step: int | None
+    t: float
+    layer: str
+    n_text: int
+    grid: TokenGrid
+    rows: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.layer.split(".")[0]
+
+    @property
+    def index(self) -> int:
+        return int(self.layer.split(".")[1])
+
+
+class AttentionControl:
+    """Base of every attention control: identity hooks, and the state the method sets.
+
+    A control acts at the layers for which :meth:`wants` is true, after q, k, v are projected,
+    normalised and rotated (shape ``[B, L, heads, head_dim]``, text tokens then image tokens) and
+    before scaled-dot-product attention. Override :meth:`qkv` to read, store or replace them, or
+    to change the key/value set or the mask (return a different ``L`` for keys and values); and
+    :meth:`output` to change the attention output ``[B, L_q, heads, head_dim]``.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "edit"
+        self.step: int | None = None
+        self.rows: dict[str, list[int]] = {}
+
+    def wants(self, layer: str) -> bool:
+        return True
+
+    def qkv(self, ctx: AttentionContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return q, k, v, mask
+
+    def output(self, ctx: AttentionContext, out: torch.Tensor) -> torch.Tensor:
+        return out

@@ -1,0 +1,122 @@
+"""Attention processors for FLUX's double-stream and single-stream blocks with hook points.
+
+Each processor recomputes what diffusers' ``FluxAttnProcessor`` computes, in the same order:
+
+    q, k, v = W_q h, W_k h, W_v h                       (double blocks: text rows from add_*_proj)
+    q, k    = RMSNorm(q), RMSNorm(k)                    per head
+    [text; image]                                       (double blocks concatenate; single blocks
+                                                         already receive the joint sequence)
+    q, k    = RoPE(q), RoPE(k)
+    -> control.qkv(ctx, q, k, v, mask)                  the hook point
+    o       = softmax(q k^T / sqrt(d) + mask) v
+    -> control.output(ctx, o)
+    double: split o into text / image, W_out o_img, W_add_out o_txt;  single: o (the block's
+    proj_out mixes it with the MLP branch)
+
+so with no control active the output equals diffusers' own (tested to < 1e-5). Layers are named
+``double.{i}`` and ``single.{j}`` after the transformer's ``transformer_blocks`` and
+``single_transformer_blocks`` lists (FLUX.1: 19 and 38).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models.base import TokenGrid
+from .context import AttentionContext, AttentionControl
+
+
+@dataclass
+class CallInfo:
+    """What the adapter knows about the current model call."""
+
+    t: float
+    n_text: int
+    grid: TokenGrid
+
+
+def _rope(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    return apply_rotary_emb(x, freqs, sequence_dim=1)
+
+
+def _project(attn, hidden: torch.Tensor, added: bool):
+    if getattr(attn, "fused_projections", False):
+        qkv = (attn.to_added_qkv if added else attn.to_qkv)(hidden)
+        return qkv.chunk(3, dim=-1)
+    if added:
+        return attn.add_q_proj(hidden), attn.add_k_proj(hidden), attn.add_v_proj(hidden)
+    return attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)
+
+
+class FluxControlProcessor:
+    """Drop-in for diffusers' FluxAttnProcessor that calls an :class:`AttentionControl`."""
+
+    def __init__(self, layer: str, control: AttentionControl, info: CallInfo):
+        self.layer, self.control, self.info = layer, control, info
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_rotary_emb=None) -> torch.Tensor:
+        heads = lambda x: x.unflatten(-1, (-1, attn.head_dim))  # noqa: E731
+        q, k, v = (heads(x) for x in _project(attn, hidden_states, added=False))
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        double = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
+        if double:
+            eq, ek, ev = (heads(x) for x in _project(attn, encoder_hidden_states, added=True))
+            eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
+            q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
+        if image_rotary_emb is not None:
+            q, k = _rope(q, image_rotary_emb), _rope(k, image_rotary_emb)
+
+        control = self.control
+        ctx = None
+        if control.wants(self.layer):
+            ctx = AttentionContext(control.phase, control.step, self.info.t, self.layer, self.info.n_text,
+                                   self.info.grid, control.rows)
+            q, k, v, attention_mask = control.qkv(ctx, q, k, v, attention_mask)
+
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attention_mask).transpose(1, 2)
+        if ctx is not None:
+            out = control.output(ctx, out)
+        out = out.flatten(2, 3).to(q.dtype)
+        if not double:
+            return out
+        n_text = encoder_hidden_states.shape[1]
+        text, image = out[:, :n_text], out[:, n_text:]
+        image = attn.to_out[1](attn.to_out[0](image.contiguous()))
+        return image, attn.to_add_out(text.contiguous())
+
+
+def attention_layers(transformer) -> list[tuple[str, object]]:
+    """``(name, attention module)`` for every block, double-stream first."""
+    out = [(f"double.{i}", b.attn) for i, b in enumerate(transformer.transformer_blocks)]
+    out += [(f"single.{j}", b.attn) for j, b in enumerate(transformer.single_transformer_blocks)]
+    return out
+
+
+def _set(attn, processor) -> None:
+    if hasattr(attn, "set_processor"):
+        attn.set_processor(processor)
+    else:
+        attn.processor = processor
+
+
+@contextmanager
+def installed(transformer, control: AttentionControl, info: CallInfo):
+    """Swap every FLUX attention processor for a controlled one; restore the originals on exit,
+    also when the forward pass raises."""
+    layers = attention_layers(transformer)
+    originals = [attn.processor for _, attn in layers]
+    try:
+        for name, attn in layers:
+            _set(attn, FluxControlProcessor(name, control, info))
+        yield
+    finally:
+        for (_, attn), proc in zip(layers, originals):
+            _set(attn, proc)
