@@ -7,7 +7,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,8 @@ class EditResult:
     edit, decode). peak_memory_bytes: on CUDA the peak allocated by torch during the edit; on
     CPU the process's peak resident size so far (a high-water mark, not per edit).
     params: the method's resolved parameters plus method, model, seed and working size.
+    stats: what the method measured besides (e.g. ``feature_store_peak_bytes`` for methods that
+    keep attention features between inversion and editing).
     """
 
     image: Image.Image
@@ -40,6 +42,7 @@ class EditResult:
     seconds: float
     peak_memory_bytes: int
     params: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -135,7 +138,8 @@ def edit(
     if out.size != size:
         out = out.resize(size, Image.LANCZOS)
     info = dict(p.to_dict(), method=method, model=model.name, seed=seed, working_size=list(work))
-    return EditResult(out, latents.cpu(), model.counter.total - before, seconds, _peak_memory(model.device), info)
+    return EditResult(out, latents.cpu(), model.counter.total - before, seconds, _peak_memory(model.device), info,
+                      dict(req.stats))
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -20,13 +20,18 @@ from ..models.base import NFE, TokenGrid
 
 @dataclass
 class EditRequest:
-    """One edit, already in latent space: clean source tokens ``x_src`` ``[1, N, C]`` on ``grid``."""
+    """One edit, already in latent space: clean source tokens ``x_src`` ``[1, N, C]`` on ``grid``.
+
+    ``stats`` is filled by the method with what it measured besides the latents (e.g. the bytes
+    its feature store held); :func:`editflow.edit` returns it as ``EditResult.stats``.
+    """
 
     x_src: torch.Tensor
     grid: TokenGrid
     source_prompt: str
     target_prompt: str
     mask: torch.Tensor | None = None  # [1, N] token mask where a method takes one
+    stats: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -153,6 +153,8 @@ class FlowModel(Protocol):
 
     def noise(self, grid: TokenGrid, generator: torch.Generator, batch: int = 1) -> torch.Tensor: ...
 
+    def attention_layers(self) -> list[str]: ...
+
     def velocity(
         self,
         z: torch.Tensor,

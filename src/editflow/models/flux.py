@@ -113,6 +113,11 @@ class FluxAdapter:
     def unpack(self, tokens: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
         return unpack_latents(tokens, grid.h, grid.w)
 
+    def attention_layers(self) -> list[str]:
+        """Names of the attention layers, in forward order: ``double.{i}`` then ``single.{j}``."""
+        n_double, n_single = len(self.transformer.transformer_blocks), len(self.transformer.single_transformer_blocks)
+        return [f"double.{i}" for i in range(n_double)] + [f"single.{j}" for j in range(n_single)]
+
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> Cond:

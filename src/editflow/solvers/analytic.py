@@ -151,6 +151,9 @@ class AnalyticModel:
     def noise(self, grid: TokenGrid, generator: torch.Generator, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, grid.num_tokens, self.channels, generator=generator, dtype=torch.float64)
 
+    def attention_layers(self) -> list[str]:
+        return []
+
     def velocity(self, z, t, cond: Cond, grid: TokenGrid, guidance=None, control=None) -> torch.Tensor:
         if control is not None:
             raise EditflowError("the analytic model has no attention to control")
