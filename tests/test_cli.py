@@ -143,3 +143,20 @@ def test_rf_inversion_and_solver_choice_from_the_cli(tmp_path, photo):
     assert r.exit_code == 0, r.output
     r = _edit(photo, "-s", "a", "-t", "b", "--method", "ode_inversion", "--set", "solver=heun", "-o", tmp_path / "x.png")
     assert r.exit_code == 2 and "unknown solver 'heun'" in r.output and not (tmp_path / "x.png").exists()
+
+
+def test_kv_edit_with_a_mask_from_the_cli(tmp_path, photo):
+    out = tmp_path / "o.png"
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (50, 35))  # any size: resized to the image
+    m.paste(255, (10, 10, 30, 25))
+    m.save(mask)
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "kv_edit", "--steps", "3", "--set", "skip=0", "--mask", mask,
+              "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (100, 70)
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "kv_edit", "--steps", "3", "-o", tmp_path / "x.png")
+    assert r.exit_code == 2 and "kv_edit needs a mask" in r.output and not (tmp_path / "x.png").exists()
+    assert "--mask PATH" in r.output
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "kv_edit", "--mask", tmp_path / "none.png", "-o", tmp_path / "x.png")
+    assert r.exit_code == 2 and "mask file not found" in r.output

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .errors import EditflowError
-from .images import as_image, fit_size, to_pil, to_tensor
+from .images import as_image, fit_size, load_mask, to_pil, to_tensor
 from .methods import EditRequest, get_method
 from .models.base import NFE, Cond, FlowModel
 from .models.zoo import load_model
@@ -102,9 +102,15 @@ def edit(
     seed: int | None = 0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    mask=None,
+    mask_rule: str = "any",
     **params,
 ) -> EditResult:
     """Edit ``image`` from ``source_prompt`` towards ``target_prompt`` with ``method``.
+
+    ``mask`` (an image file, PIL image of any mode or size, or a 2-D array; white = edit) is
+    resized to the working size and mapped to latent tokens with ``mask_rule`` ("any": a token is
+    in when any of its pixels is; "most", "all"); methods that take a mask (``kv_edit``) use it.
 
     ``model`` is an adapter from :func:`editflow.load_model` or a name for it; ``params`` override
     the method's defaults for the model's family (``editflow methods`` lists them). Images of any
@@ -118,9 +124,15 @@ def edit(
         model = load_model(model)
     m = get_method(method)
     p = m.params.for_family(model.family, **params)
+    if p.NEEDS_MASK and mask is None:
+        raise EditflowError(f"{method} needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
     gen = make_generator(seed, generator)
     x, size, work = prepare_image(model, image)
     grid = model.grid(work[1], work[0])
+
+    token_mask = None
+    if mask is not None:
+        token_mask = grid.mask_to_tokens(load_mask(mask, work), rule=mask_rule).to(model.device)
 
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
@@ -129,7 +141,8 @@ def edit(
     expected = m.expected_nfe(p)
     with progress_bar(model, expected.calls, method, progress):
         x_src = model.encode_image(x)
-        req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt)
+        req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
+                          mask=token_mask)
         latents = m.run(model, req, p, gen)
         out = to_pil(model.decode(latents, grid))
     if model.device.type == "cuda":

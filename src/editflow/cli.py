@@ -1,6 +1,6 @@
 """The ``editflow`` command line.
 
-    editflow edit IMAGE -s SRC -t TAR [--method flowedit] [--model NAME_OR_PATH] [--steps N]
+    editflow edit IMAGE -s SRC -t TAR [--method flowedit] [--model NAME_OR_PATH] [--steps N] [--mask MASK]
                   [--seed S] [--set key=value ...] -o OUT.png [--compare BEFORE_AFTER.png]
     editflow methods
     editflow solvers
@@ -67,6 +67,7 @@ def edit_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Also write a before | after image here."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Mask image, white = region to edit (kv_edit)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
@@ -81,9 +82,15 @@ def edit_cmd(
         if compare is not None:
             check_output_path(compare)
         pil = load_image(image)
+        if mask is not None:
+            from .images import load_mask
+
+            load_mask(mask, pil.size)  # a missing or unreadable mask fails before the model loads
         from .methods import get_method
 
         m = get_method(method)
+        if m.params.NEEDS_MASK and mask is None:
+            raise EditflowError(f"{method} needs a mask of the region to edit: pass --mask PATH (white = edit)")
         overrides = _parse_sets(sets or [], m.params)
         if steps is not None:
             overrides["steps"] = steps
@@ -107,7 +114,8 @@ def edit_cmd(
                     err=True,
                 )
         logging.getLogger("editflow").setLevel(logging.ERROR)
-        result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet, **overrides)
+        result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
+                      mask=None if mask is None else str(mask), **overrides)
         save_image(result.image, output)
         if compare is not None:
             save_image(side_by_side([pil, result.image]), compare)

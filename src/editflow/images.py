@@ -38,6 +38,40 @@ def as_image(image: "Image.Image | str | os.PathLike") -> Image.Image:
     raise EditflowError(f"image must be a PIL image or a file path, got {type(image).__name__}")
 
 
+def load_mask(mask, size: tuple[int, int]) -> torch.Tensor:
+    """A mask (image file, PIL image of any mode, 2-D array or tensor; white/nonzero = edit) as a
+    bool ``[H, W]`` tensor at ``size = (width, height)``.
+
+    It is binarised at its own resolution (half of its range), then resized; a pixel of the
+    result is in when any source pixel under it is, so thin strokes survive downscaling.
+    """
+    if isinstance(mask, (str, os.PathLike)):
+        path = Path(mask)
+        if not path.exists():
+            raise EditflowError(f"mask file not found: {path}")
+        try:
+            mask = Image.open(path)
+            mask.load()
+        except (OSError, ValueError) as exc:
+            raise EditflowError(f"mask file is not an image: {path} ({exc})") from None
+    if isinstance(mask, Image.Image):
+        arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    elif isinstance(mask, (np.ndarray, torch.Tensor)):
+        arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+        if arr.ndim == 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 2:
+            raise EditflowError(f"a mask array must be 2-D (H x W), got shape {tuple(arr.shape)}")
+        if arr.max(initial=0) > 1:
+            arr = arr / 255.0
+    else:
+        raise EditflowError(f"mask must be an image file, a PIL image or a 2-D array, got {type(mask).__name__}")
+    binary = torch.from_numpy((arr >= 0.5).astype(np.float32))[None, None]
+    width, height = size
+    resized = torch.nn.functional.interpolate(binary, size=(height, width), mode="area")
+    return resized[0, 0] > 0
+
+
 def fit_size(width: int, height: int, multiple: int) -> tuple[int, int]:
     """The nearest size whose sides are positive multiples of ``multiple`` (ties round up)."""
 

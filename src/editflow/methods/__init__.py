@@ -4,15 +4,16 @@
 NFE formula, citation). Importing this package registers them all.
 """
 
-from . import fireflow, flowedit, ode_inversion, rf_edit, rf_inversion  # noqa: F401  (registration)
+from . import fireflow, flowedit, kv_edit, ode_inversion, rf_edit, rf_inversion  # noqa: F401  (registration)
 from .base import METHODS, EditRequest, Method, MethodParams, get_method
 from .fireflow import FireFlowParams
 from .flowedit import FlowEditParams
+from .kv_edit import KVEditParams
 from .ode_inversion import ODEInversionParams
 from .rf_edit import RFEditParams
 from .rf_inversion import RFInversionParams
 
 __all__ = [
-    "METHODS", "EditRequest", "FireFlowParams", "FlowEditParams", "Method", "MethodParams", "ODEInversionParams",
+    "METHODS", "EditRequest", "FireFlowParams", "FlowEditParams", "KVEditParams", "Method", "MethodParams", "ODEInversionParams",
     "RFEditParams", "RFInversionParams", "get_method",
 ]

@@ -39,6 +39,7 @@ class MethodParams:
     """Base of every method's params. Subclasses list per-family overrides in ``FAMILY_DEFAULTS``."""
 
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    NEEDS_MASK: ClassVar[bool] = False  # the method edits only inside a mask the user gives
 
     steps: int = 28
 

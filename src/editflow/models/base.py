@@ -163,6 +163,7 @@ class FlowModel(Protocol):
         grid: TokenGrid,
         guidance: float | Sequence[float] | torch.Tensor | None = None,
         control: object | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -197,15 +197,23 @@ class FluxAdapter:
         grid: TokenGrid,
         guidance: float | Sequence[float] | torch.Tensor | None = None,
         control: object | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``v(z, t | cond)`` for every row of ``z`` in one transformer call.
 
         ``cond`` has one row (shared) or one per row of ``z``; ``guidance`` is a scalar, one value
         per row, or ``None`` for the model's default. ``control`` (an
         :class:`~editflow.attention.AttentionControl`) hooks every attention layer for this call
-        only. Returns float32 ``[B, N, C]``.
+        only. ``tokens`` (indices into the grid) says that ``z`` holds only those image tokens,
+        which then keep their own positions (KV-Edit's foreground-only pass). Returns float32
+        ``[B, N, C]``.
         """
         b = z.shape[0]
+        img_ids = self.img_ids(grid)
+        if tokens is not None:
+            img_ids = img_ids[tokens.to(img_ids.device)]
+        if z.shape[1] != img_ids.shape[0]:
+            raise EditflowError(f"latent has {z.shape[1]} tokens but the grid/token list has {img_ids.shape[0]}")
         cond = cond.expand(b)
         timestep = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(b).to(self.device, self.dtype)
         g = None
@@ -219,7 +227,7 @@ class FluxAdapter:
             pooled_projections=cond.pooled,
             encoder_hidden_states=cond.embeds,
             txt_ids=cond.ids,
-            img_ids=self.img_ids(grid),
+            img_ids=img_ids,
             return_dict=False,
         )
         if control is None:

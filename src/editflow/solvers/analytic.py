@@ -154,7 +154,7 @@ class AnalyticModel:
     def attention_layers(self) -> list[str]:
         return []
 
-    def velocity(self, z, t, cond: Cond, grid: TokenGrid, guidance=None, control=None) -> torch.Tensor:
+    def velocity(self, z, t, cond: Cond, grid: TokenGrid, guidance=None, control=None, tokens=None) -> torch.Tensor:
         if control is not None:
             raise EditflowError("the analytic model has no attention to control")
         rows = cond.expand(z.shape[0]).prompts
