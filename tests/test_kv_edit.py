@@ -142,3 +142,12 @@ def test_background_is_preserved_on_the_shapes_model():
         keep = ~dilated.repeat_interleave(px, 0).repeat_interleave(px, 1).numpy()
         values.append(min(world.psnr(np.asarray(r.image), ex.source_image, keep), 100.0))
     assert np.mean(values) >= 35.0, values  # measured 40.2 dB mean over 20 edits
+
+
+@pytest.mark.parametrize("attn_mask", [False, True])
+def test_replay_gives_the_same_edit_holding_one_step(tiny, masked, attn_mask):
+    stored, req_s, nfe_s, _ = _run(tiny, masked, steps=6, skip=1, attn_mask=attn_mask)
+    replayed, req_r, nfe_r, p = _run(tiny, masked, steps=6, skip=1, attn_mask=attn_mask, replay=True)
+    assert torch.equal(stored, replayed)
+    assert nfe_r == KV.expected_nfe(p) and nfe_r.calls == 3 * 5 and nfe_s.calls == 2 * 5
+    assert req_r.stats["feature_store_peak_bytes"] * 5 == req_s.stats["feature_store_peak_bytes"]

@@ -173,6 +173,8 @@ def methods_cmd() -> None:
     for m in METHODS.values():
         typer.echo(f"{m.name}: {m.summary}")
         typer.echo(f"  paper: {m.paper}")
+        if m.params.NEEDS_MASK:
+            typer.echo("  needs a mask: --mask PATH (white = the region to edit)")
         defaults = m.params.for_family("flux")
         for f in dataclasses.fields(defaults):
             typer.echo(f"  {f.name} = {getattr(defaults, f.name)!r}")

@@ -36,6 +36,7 @@ class BackgroundKV(AttentionControl):
         self.fg_idx = self.fg.nonzero().flatten()
         self.bg_idx = (~self.fg).nonzero().flatten()
         self.inversion_mask = inversion_mask
+        self.caching = True  # False: an inversion pass that only applies the mask (KV-Edit's replay)
         self.interval: int | None = None
         self.queries_seen: list[int] = []
 
@@ -55,9 +56,10 @@ class BackgroundKV(AttentionControl):
     def qkv(self, ctx: AttentionContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask):
         n = ctx.n_text
         if ctx.phase == "invert":
-            bg = self.bg_idx.to(k.device) + n
-            self.store.put("invert", self.interval, ctx.layer, "k", k[:, bg])
-            self.store.put("invert", self.interval, ctx.layer, "v", v[:, bg])
+            if self.caching:
+                bg = self.bg_idx.to(k.device) + n
+                self.store.put("invert", self.interval, ctx.layer, "k", k[:, bg])
+                self.store.put("invert", self.interval, ctx.layer, "v", v[:, bg])
             if self.inversion_mask:
                 mask = self._mask(n, q.device)
             return q, k, v, mask

@@ -24,8 +24,10 @@ the foreground-only model with the target prompt; ``Z^fg += (t_{i-1} - t_i)(v^ta
 NFE: ``2 (T - s)`` calls (inversion on all tokens, editing on text + foreground tokens only), in
 both variants. The cache's peak size is ``stats["feature_store_peak_bytes"]`` (FLUX.1-dev at
 1024^2 with a 25% foreground: 57 layers x {K, V} x 24 heads x 3072 bg tokens x 128 x 2 B = 2 GiB
-per step, ~50 GiB for 24 steps; ``offload=True`` keeps it in CPU memory, ``inversion_free``
-keeps one step).
+per step, ~50 GiB for 24 steps; ``offload=True`` keeps it in CPU memory; ``replay=True`` keeps
+only the inversion's latents and re-runs each step's inversion call just before its editing
+call, which gives the same K/V bit for bit with one step in memory, at ``3 (T - s)`` calls;
+``inversion_free`` keeps one step).
 
 Defaults for FLUX.1-dev (the reference's Gradio demo): 28 steps, skip 4, inversion guidance 1.5,
 editing guidance 5.5, re_init and attn_mask off. Masks map to tokens with the "any pixel" rule
@@ -58,7 +60,8 @@ class KVEditParams(MethodParams):
     """steps: schedule length T. skip: steps skipped at the noise end. source_guidance /
     target_guidance: guidance of inversion / editing. re_init: start the foreground from fresh
     noise (object removal). attn_mask: keep foreground and background apart while inverting.
-    inversion_free: the O(1)-memory variant. offload: keep the cache in CPU memory."""
+    inversion_free: the O(1)-memory variant. offload: keep the cache in CPU memory. replay: keep
+    only the inversion's latents and recompute each step's background K/V when editing."""
 
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=28, skip=4, source_guidance=1.5, target_guidance=5.5)}
     NEEDS_MASK: ClassVar[bool] = True
@@ -71,6 +74,7 @@ class KVEditParams(MethodParams):
     attn_mask: bool = False
     inversion_free: bool = False
     offload: bool = False
+    replay: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -79,7 +83,7 @@ class KVEditParams(MethodParams):
 
 
 def kv_edit_nfe(p: KVEditParams) -> NFE:
-    n = 2 * (p.steps - p.skip)
+    n = (3 if p.replay and not p.inversion_free else 2) * (p.steps - p.skip)
     return NFE(calls=n, rows=n)
 
 
@@ -110,20 +114,46 @@ def kv_edit(model: FlowModel, req: EditRequest, p: KVEditParams, generator: torc
         if p.inversion_free:
             z_fg = _inversion_free(model, req, ts, x, fg_idx, kv, store, source, target, generator)
         else:
-            kv.phase = "invert"
             up = inversion_times(ts)
-            z_start = euler(source, x, up, callback=kv.step_callback(up))
+            trajectory: list[torch.Tensor] = []
+            kv.phase = "invert"
+            if p.replay:  # keep the latents only; the K/V are recomputed step by step below
+                kv.caching = False
+                z_start = euler(source, x, up, callback=lambda i, t, z: trajectory.append(z))
+                kv.caching = True
+            else:
+                z_start = euler(source, x, up, callback=kv.step_callback(up))
             z_fg = z_start[:, fg_idx]
             if p.re_init:
                 t0 = float(ts[0])
                 z_fg = (1 - t0) * x[:, fg_idx] + t0 * model.noise(req.grid, generator)[:, fg_idx].to(x)
             kv.phase = "edit"
-            z_fg = euler(target, z_fg, ts, callback=kv.step_callback(ts))
+            step = kv.step_callback(ts)
+            if p.replay:
+                step = _replaying(kv, store, source, up, trajectory, step)
+            z_fg = euler(target, z_fg, ts, callback=step)
         req.stats.update(feature_store_peak_bytes=store.peak_nbytes, foreground_tokens=int(fg_idx.numel()),
                          edit_query_tokens=max(kv.queries_seen, default=0))
     out = x.clone()
     out[:, fg_idx] = z_fg
     return out
+
+
+def _replaying(kv, store, source, up, trajectory, step):
+    """A step callback that first re-runs the inversion call of the step's interval (same latent,
+    same time) to rebuild its background K/V, so only one step is ever held."""
+    n = len(up) - 1
+
+    def callback(i, t, z):
+        j = n - 1 - i  # the inversion step over the same interval
+        store.clear()
+        kv.phase = "invert"
+        kv.begin_step(float(up[j]), float(up[j + 1]))
+        source(trajectory[j], float(up[j]))
+        kv.phase = "edit"
+        step(i, t, z)
+
+    return callback
 
 
 def _inversion_free(model, req, ts, x, fg_idx, kv, store, source, target, generator) -> torch.Tensor:
