@@ -86,6 +86,11 @@ def _filter(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def ssim(a, b) -> float:
     """Mean SSIM over the Gaussian-window map and the channels (1.0 when equal)."""
+    return float(ssim_map(a, b).mean())
+
+
+def ssim_map(a, b) -> np.ndarray:
+    """The SSIM map ``[H', W']`` ('valid' Gaussian windows), averaged over the channels."""
     x, y = _pair(a, b)
     if x.ndim == 2:
         x, y = x[..., None], y[..., None]
@@ -96,7 +101,7 @@ def ssim(a, b) -> float:
     syy = _filter(y * y, w) - my * my
     sxy = _filter(x * y, w) - mx * my
     smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(smap.mean())
+    return smap.mean(axis=-1)
 
 
 def _nearest(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (``editflow.bench.metrics``), datasets and the benchmark runner."""

@@ -1,0 +1,126 @@
+"""DINO metrics (Caron et al. 2021) through transformers' ``ViTModel``.
+
+* :class:`DinoSimilarity` (DINO): cosine between the class tokens of the source and edited images
+  (the DreamBooth-style subject/structure similarity; default ``facebook/dino-vits16``).
+* :class:`StructureDistance` (PIE-Bench's "structure distance", after Tumanyan et al., Splicing
+  ViT Features, 2022): ``mse(S_a, S_b)`` with ``S = cos(k_i, k_j)`` the self-similarity of the
+  last block's keys over all tokens (class token included, heads concatenated); PIE-Bench loads
+  ``dino_vitb8`` from torch.hub (here ``facebook/dino-vitb8``), resizes the shorter side to 224,
+  and applies ImageNet normalisation to 0-255 values (its code never divides by 255);
+  ``pixel_range=255`` (the default) reproduces that, ``pixel_range=1`` is the textbook input.
+  Lower is better; 0 for identical images.
+
+Preprocessing: DINO resizes to the model's size (bicubic); structure distance resizes the shorter
+side to 224 (longer side at most 480) as PIE-Bench. Both use ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import batch, chunks, resolve_checkpoint, to_device
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess(images: list[np.ndarray], size: int, shorter_side: bool = False, pixel_range: float = 1.0,
+               max_size: int = 480) -> torch.Tensor:
+    """Resize (square ``size``, or the shorter side to ``size`` keeping the aspect, longer side at
+    most ``max_size``), scale pixels to ``[0, pixel_range]``, ImageNet-normalise."""
+    out = []
+    for a in images:
+        im = Image.fromarray(a)
+        if shorter_side:
+            w, h = im.size
+            s = min(size / min(w, h), max_size / max(w, h))
+            im = im.resize((round(w * s), round(h * s)), Image.BICUBIC)
+        else:
+            im = im.resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) * (pixel_range / 255.0)).permute(2, 0, 1))
+    x = torch.stack(out)
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+class _Dino:
+    DEFAULT = "facebook/dino-vits16"
+
+    def __init__(self, model, size: int | None = None, batch_size: int = 16):
+        self.model = model
+        self.size = size or model.config.image_size
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, device=None, **kwargs):
+        from transformers import ViTModel
+
+        model = resolve_checkpoint(name_or_path or cls.DEFAULT, "--metric-model dino=PATH", ViTModel.from_pretrained,
+                                   add_pooling_layer=False)
+        return cls(to_device(model, device), **kwargs)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+class DinoSimilarity(_Dino):
+    """DINO: ``cos(cls(source), cls(edited))`` per pair."""
+
+    name = "dino"
+
+    @torch.no_grad()
+    def features(self, images: list[np.ndarray]) -> torch.Tensor:
+        out = []
+        for part in chunks(images, self.batch_size):
+            x = preprocess(list(part), self.size).to(self.device)
+            out.append(self.model(pixel_values=x).last_hidden_state[:, 0].float())
+        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+    def __call__(self, a, b) -> list[float]:
+        xs, ys = batch(a), batch(b)
+        if len(xs) != len(ys):
+            raise ValueError(f"{len(xs)} images against {len(ys)}")
+        return (self.features(xs) * self.features(ys)).sum(-1).cpu().tolist()
+
+
+class StructureDistance(_Dino):
+    """PIE-Bench structure distance: MSE between last-layer key self-similarity matrices."""
+
+    name = "structure_distance"
+    DEFAULT = "facebook/dino-vitb8"
+
+    def __init__(self, model, size: int = 224, batch_size: int = 1, pixel_range: float = 255.0):
+        super().__init__(model, size, batch_size)
+        self.pixel_range = pixel_range
+
+    @torch.no_grad()
+    def self_similarity(self, images: list[np.ndarray]) -> torch.Tensor:
+        keys = []
+        handle = _last_key_projection(self.model).register_forward_hook(lambda mod, inp, out: keys.append(out))
+        sims = []
+        try:
+            for part in chunks(images, self.batch_size):
+                keys.clear()
+                x = preprocess(list(part), self.size, shorter_side=True, pixel_range=self.pixel_range)
+                self.model(pixel_values=x.to(self.device), interpolate_pos_encoding=True)
+                k = torch.nn.functional.normalize(keys[-1].float(), dim=-1)  # [B, T, D] (heads concatenated)
+                sims.append(k @ k.transpose(1, 2))
+        finally:
+            handle.remove()
+        return torch.cat(sims)
+
+    def __call__(self, a, b) -> list[float]:
+        xs, ys = batch(a), batch(b)
+        if len(xs) != len(ys):
+            raise ValueError(f"{len(xs)} images against {len(ys)}")
+        return ((self.self_similarity(xs) - self.self_similarity(ys)) ** 2).mean(dim=(1, 2)).cpu().tolist()
+
+
+def _last_key_projection(model) -> torch.nn.Module:
+    """The last block's key projection (transformers 5 ``layers[-1].attention.k_proj``; older
+    releases ``encoder.layer[-1].attention.attention.key``)."""
+    if hasattr(model, "layers"):
+        return model.layers[-1].attention.k_proj
+    return model.encoder.layer[-1].attention.attention.key
