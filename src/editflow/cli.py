@@ -5,6 +5,7 @@
     editflow methods
     editflow solvers
     editflow models
+    editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...]
     editflow world sample --n N --seed S -o DIR [--size 64] [--textures] [--paraphrase]
     editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--size 64] [...]
 
@@ -258,6 +259,49 @@ def world_edits_cmd(
         _fail(str(exc))
     if not quiet:
         typer.echo(f"wrote {n} edit examples and {path}", err=True)
+
+
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Benchmarks: run methods over a dataset (resumable, multi-process), report.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("run")
+def bench_run_cmd(
+    data: Path = typer.Option(..., "--data", help="FlowEdit .yaml, PIE-Bench mapping_file.json, or a shapes edit set."),
+    methods: str = typer.Option("flowedit", "--methods", help="Comma-separated methods."),
+    out: Path = typer.Option(..., "--out", help="Output folder (results*.jsonl, images/); a re-run resumes."),
+    model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="method.key=value (or key=value for all)."),
+    metrics: str = typer.Option("", "--metrics", help="Model metrics besides pixels/oracle: clip_t,clip_i,dino,..."),
+    metric_models: Optional[List[str]] = typer.Option(None, "--metric-model", help="name=PATH of a metric checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Base seed (item i uses seed + i)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Edit every item of --data with every method; one JSONL record per edit with its metrics.
+
+    Under `accelerate launch -m editflow bench run ...` each process takes its share of the items.
+    """
+    _quiet_libraries()
+    from .bench.runner import run
+    from .models.zoo import DEFAULT_MODEL
+
+    try:
+        paths = {}
+        for pair in metric_models or []:
+            if "=" not in pair:
+                raise EditflowError(f"--metric-model expects name=PATH, got {pair!r}")
+            name, path = pair.split("=", 1)
+            paths[name.strip()] = path
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        shard = run(str(data), names, model or DEFAULT_MODEL, str(out), sets or [],
+                    [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, limit, device, not quiet)
+    except EditflowError as exc:
+        _fail(str(exc))
+    if not quiet:
+        typer.echo(f"results in {shard}", err=True)
 
 
 def main() -> None:
