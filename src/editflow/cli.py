@@ -6,6 +6,7 @@
     editflow solvers
     editflow models
     editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...]
+    editflow bench report DIR
     editflow world sample --n N --seed S -o DIR [--size 64] [--textures] [--paraphrase]
     editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--size 64] [...]
 
@@ -302,6 +303,23 @@ def bench_run_cmd(
         _fail(str(exc))
     if not quiet:
         typer.echo(f"results in {shard}", err=True)
+
+
+@bench_app.command("report")
+def bench_report_cmd(
+    run_dir: Path = typer.Argument(..., help="The --out folder of `editflow bench run`."),
+    x: Optional[str] = typer.Option(None, "--x", help="Metric on the trade-off plot's x axis."),
+    y: Optional[str] = typer.Option(None, "--y", help="Metric on its y axis."),
+    grid: int = typer.Option(8, "--grid", help="Items in the image grid."),
+) -> None:
+    """Write DIR/report/: summary.md and .csv (mean ± 95% CI per method and category), plots, grid.png."""
+    from .bench.report import report
+
+    try:
+        path = report(str(run_dir), x, y, grid)
+    except EditflowError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path} and the plots and grid beside it", err=True)
 
 
 def main() -> None:

@@ -1,0 +1,203 @@
+"""``editflow bench report DIR``: tables, plots and image grids from a run's JSONL records.
+
+Writes into ``DIR/report/`` (each file to a temporary name, then renamed):
+
+* ``summary.md``: method x metric, mean and 95% confidence half-width (normal approximation,
+  ``1.96 s / sqrt(n)``), overall and per category, plus NFE and seconds per edit; the columns
+  are the usual ones where measured (CLIP-T, CLIP-I, DINO, LPIPS, DreamSim, structure distance,
+  background PSNR/SSIM, PSNR, the oracle's edit accuracy ...);
+* ``summary.csv``: the same numbers, one row per (category, method, metric);
+* ``tradeoff.png``: one metric against another per method (default: CLIP-T vs LPIPS when both
+  were measured, else background PSNR vs the oracle's edit accuracy);
+* ``nfe.png``: a metric against NFE per method;
+* ``grid.png``: source | each method, for the first ``--grid`` items.
+
+Methods run with several parameter sets are told apart as ``method[hash]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EditflowError
+from .runner import read_records
+
+# Columns of the markdown tables, in this order, where measured (the CSV has every metric).
+PREFERRED = ["clip_t", "clip_i", "dino", "lpips", "lpips_bg", "dreamsim", "structure_distance", "psnr_bg", "ssim_bg",
+             "psnr", "oracle_edit_correct", "oracle_others_correct", "oracle_psnr_inside_mask_vs_target"]
+
+
+def _label(rows: list[dict]) -> dict[str, str]:
+    by_method = defaultdict(set)
+    for r in rows:
+        by_method[r["method"]].add(_params_id(r))
+    return {m: "many" if len(ids) > 1 else "one" for m, ids in by_method.items()}
+
+
+def _params_id(r: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(r["params"], sort_keys=True).encode()).hexdigest()[:6]
+
+
+def labelled(rows: list[dict]) -> list[tuple[str, dict]]:
+    kinds = _label(rows)
+    return [(r["method"] if kinds[r["method"]] == "one" else f"{r['method']}[{_params_id(r)}]", r) for r in rows]
+
+
+def _value(v) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, str):
+        return math.inf if v == "inf" else -math.inf if v == "-inf" else math.nan
+    return float(v)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, int]:
+    """Mean and 95% half-width over the finite values (inf PSNR of identical images is left out)."""
+    x = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
+    return float(x.mean()), float(half), len(x)
+
+
+def summarise(rows: list[dict]) -> tuple[list[str], dict]:
+    """(metric names in display order, {(category, method): {metric: (mean, ci, n)} + extras})."""
+    names = sorted({k for r in rows for k in r["metrics"]}, key=lambda k: (PREFERRED.index(k) if k in PREFERRED else 99, k))
+    groups = defaultdict(list)
+    for label, r in labelled(rows):
+        groups[("all", label)].append(r)
+        groups[(r.get("category", "?"), label)].append(r)
+    table = {}
+    for key, members in groups.items():
+        cell = {m: mean_ci([_value(r["metrics"].get(m)) for r in members]) for m in names}
+        cell["nfe_calls"] = mean_ci([r["nfe_calls"] for r in members])
+        cell["seconds"] = mean_ci([r["seconds"] for r in members])
+        cell["n"] = len(members)
+        table[key] = cell
+    return names, table
+
+
+def markdown(names: list[str], table: dict, title: str) -> str:
+    names = [m for m in PREFERRED if m in names] or names
+    cats = ["all"] + sorted({c for c, _ in table if c != "all"})
+    out = [f"# {title}", ""]
+    for cat in cats:
+        labels = sorted(lbl for c, lbl in table if c == cat)
+        out += [f"## {'all items' if cat == 'all' else cat}", "",
+                "| method | n | NFE | s/edit | " + " | ".join(names) + " |",
+                "| --- " * (4 + len(names)) + "|"]
+        for lbl in labels:
+            cell = table[(cat, lbl)]
+            vals = [f"{cell[m][0]:.4g} ± {cell[m][1]:.2g}" if cell[m][2] else "-" for m in names]
+            out.append(f"| {lbl} | {cell['n']} | {cell['nfe_calls'][0]:.0f} | {cell['seconds'][0]:.2f} | " + " | ".join(vals) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def csv_text(names: list[str], table: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["category", "method", "metric", "mean", "ci95", "n"])
+    for (cat, lbl), cell in sorted(table.items()):
+        for m in names + ["nfe_calls", "seconds"]:
+            mean, ci, n = cell[m]
+            w.writerow([cat, lbl, m, mean, ci, n])
+    return buf.getvalue()
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.replace(path)
+
+
+def _plots(names, table, folder: Path, x: str | None, y: str | None) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    if x is None or y is None:
+        if "clip_t" in names and "lpips" in names:
+            x, y = "lpips", "clip_t"
+        elif "psnr_bg" in names and "oracle_edit_correct" in names:
+            x, y = "psnr_bg", "oracle_edit_correct"
+        else:
+            x, y = names[0], names[min(1, len(names) - 1)]
+    written = []
+    labels = sorted(lbl for c, lbl in table if c == "all")
+    for name, xs, ys in (("tradeoff.png", x, y), ("nfe.png", "nfe_calls", y)):
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for lbl in labels:
+            cell = table[("all", lbl)]
+            ax.errorbar(cell[xs][0], cell[ys][0], xerr=cell[xs][1] if xs != "nfe_calls" else None,
+                        yerr=cell[ys][1], fmt="o", capsize=3, label=lbl)
+        ax.set_xlabel(xs)
+        ax.set_ylabel(ys)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        _write(folder / name, buf.getvalue())
+        written.append(folder / name)
+    return written
+
+
+def _grid(rows: list[dict], root: Path, folder: Path, n_items: int, cell: int = 128) -> Path | None:
+    from PIL import Image, ImageDraw
+
+    pairs = labelled(rows)
+    labels = sorted({lbl for lbl, _ in pairs})
+    by_item = defaultdict(dict)
+    for lbl, r in pairs:
+        by_item[r["item"]][lbl] = r
+    items = sorted(by_item)[:n_items]
+    if not items:
+        return None
+    header = 18
+    sheet = Image.new("RGB", ((1 + len(labels)) * cell, header + len(items) * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, name in enumerate(["source"] + labels):
+        draw.text((j * cell + 4, 3), name[:20], fill="black")
+    for i, item in enumerate(items):
+        any_row = next(iter(by_item[item].values()))
+        tiles = [Path(any_row["source_image"])] + [root / by_item[item][lbl]["image"] if lbl in by_item[item] else None
+                                                   for lbl in labels]
+        for j, path in enumerate(tiles):
+            if path is not None and Path(path).exists():
+                sheet.paste(Image.open(path).convert("RGB").resize((cell, cell), Image.LANCZOS),
+                            (j * cell, header + i * cell))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    _write(folder / "grid.png", buf.getvalue())
+    return folder / "grid.png"
+
+
+def report(run_dir: str, x: str | None = None, y: str | None = None, grid_items: int = 8,
+           title: str | None = None) -> Path:
+    root = Path(run_dir)
+    rows = read_records(root) if root.exists() else []
+    if not rows:
+        raise EditflowError(f"no results in {root}: run `editflow bench run --out {root}` first")
+    names, table = summarise(rows)
+    folder = root / "report"
+    folder.mkdir(exist_ok=True)
+    text = markdown(names, table, title or f"Benchmark {root.name}: {len(rows)} edits")
+    _write(folder / "summary.md", text)
+    _write(folder / "summary.csv", csv_text(names, table))
+    _plots(names, table, folder, x, y)
+    _grid(rows, root, folder, grid_items)
+    return folder / "summary.md"

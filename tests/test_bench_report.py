@@ -1,0 +1,65 @@
+"""The report: statistics, tables, CSV, plots and grid from run records."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editflow.bench.report import mean_ci, report
+from editflow.errors import EditflowError
+
+
+def test_mean_and_confidence_interval():
+    mean, half, n = mean_ci([1.0, 2.0, 3.0, 4.0, float("inf"), float("nan")])
+    assert n == 4 and mean == 2.5
+    assert half == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert mean_ci([]) [2] == 0 and math.isnan(mean_ci([5.0])[1])
+
+
+def _fake_run(root, rng):
+    (root / "images").mkdir(parents=True)
+    src = root / "src.png"
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(src)
+    rows = []
+    for method, params, quality in (("flowedit", {"steps": 28}, 30.0), ("kv_edit", {"steps": 28}, 36.0),
+                                    ("kv_edit", {"steps": 8}, 33.0)):
+        for i in range(10):
+            image = f"images/{method}-{params['steps']}/{i}.png"
+            (root / image).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), (int(quality * 5), 0, 0)).save(root / image)
+            rows.append({"key": f"{method}{params['steps']}-{i}", "item": f"{i:03d}", "category": "color" if i % 2 else "shape",
+                         "method": method, "params": params, "model": "m", "seed": 0,
+                         "metrics": {"psnr_bg": quality + rng.normal(), "oracle_edit_correct": float(i % 3 == 0),
+                                     "psnr": "inf" if i == 0 else quality},
+                         "nfe_calls": 24, "nfe_rows": 48, "seconds": 0.5, "peak_memory_bytes": 1, "image": image,
+                         "source_image": str(src), "rank": 0})
+    (root / "results.r0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_report_writes_table_csv_plots_and_grid(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = _fake_run(tmp_path, np.random.default_rng(0))
+    summary = report(str(tmp_path))
+    text = summary.read_text()
+    # the two kv_edit parameter sets are told apart; flowedit has one
+    assert "| flowedit | 10 |" in text and text.count("| kv_edit[") >= 2
+    assert "## color" in text and "## shape" in text
+    flow = [r["metrics"]["psnr_bg"] for r in rows if r["method"] == "flowedit"]
+    assert f"{np.mean(flow):.4g}" in text
+    with open(tmp_path / "report" / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    cell = next(r for r in table if r["category"] == "all" and r["method"] == "flowedit" and r["metric"] == "psnr")
+    assert int(cell["n"]) == 9  # the inf of an identical image is left out of the mean
+    for name in ("tradeoff.png", "nfe.png", "grid.png"):
+        assert Image.open(tmp_path / "report" / name).size[0] > 100
+    grid = Image.open(tmp_path / "report" / "grid.png")
+    assert grid.size == (4 * 128, 18 + 8 * 128)  # source + 3 labelled methods, 8 items
+
+
+def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(EditflowError, match="no results"):
+        report(str(tmp_path))
