@@ -127,6 +127,9 @@ def _plots(names, table, folder: Path, x: str | None, y: str | None) -> list[Pat
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        import logging
+
+        logging.getLogger("editflow").warning("matplotlib is missing, so no plots: pip install -e .[bench]")
         return []
     if x is None or y is None:
         if "clip_t" in names and "lpips" in names:
