@@ -3,7 +3,8 @@
 Writes into ``DIR/report/`` (each file to a temporary name, then renamed):
 
 * ``summary.md``: method x metric, mean and 95% confidence half-width (normal approximation,
-  ``1.96 s / sqrt(n)``), overall and per category, plus NFE and seconds per edit; the columns
+  ``1.96 s / sqrt(n)``), overall and per category, plus NFE and the median seconds per edit (a
+  median, so that one stalled edit does not skew it); the columns
   are the usual ones where measured (CLIP-T, CLIP-I, DINO, LPIPS, DreamSim, structure distance,
   background PSNR/SSIM, PSNR, the oracle's edit accuracy ...);
 * ``summary.csv``: the same numbers, one row per (category, method, metric);
@@ -81,6 +82,7 @@ def summarise(rows: list[dict]) -> tuple[list[str], dict]:
         cell = {m: mean_ci([_value(r["metrics"].get(m)) for r in members]) for m in names}
         cell["nfe_calls"] = mean_ci([r["nfe_calls"] for r in members])
         cell["seconds"] = mean_ci([r["seconds"] for r in members])
+        cell["median_seconds"] = float(np.median([r["seconds"] for r in members]))
         cell["n"] = len(members)
         table[key] = cell
     return names, table
@@ -93,12 +95,13 @@ def markdown(names: list[str], table: dict, title: str) -> str:
     for cat in cats:
         labels = sorted(lbl for c, lbl in table if c == cat)
         out += [f"## {'all items' if cat == 'all' else cat}", "",
-                "| method | n | NFE | s/edit | " + " | ".join(names) + " |",
+                "| method | n | NFE | s/edit (median) | " + " | ".join(names) + " |",
                 "| --- " * (4 + len(names)) + "|"]
         for lbl in labels:
             cell = table[(cat, lbl)]
             vals = [f"{cell[m][0]:.4g} ± {cell[m][1]:.2g}" if cell[m][2] else "-" for m in names]
-            out.append(f"| {lbl} | {cell['n']} | {cell['nfe_calls'][0]:.0f} | {cell['seconds'][0]:.2f} | " + " | ".join(vals) + " |")
+            out.append(f"| {lbl} | {cell['n']} | {cell['nfe_calls'][0]:.0f} | {cell['median_seconds']:.2f} | "
+                       + " | ".join(vals) + " |")
         out.append("")
     return "\n".join(out)
 
