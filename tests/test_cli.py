@@ -160,3 +160,11 @@ def test_kv_edit_with_a_mask_from_the_cli(tmp_path, photo):
     assert "--mask PATH" in r.output
     r = _edit(photo, "-s", "a", "-t", "b", "--method", "kv_edit", "--mask", tmp_path / "none.png", "-o", tmp_path / "x.png")
     assert r.exit_code == 2 and "mask file not found" in r.output
+
+
+def test_automatic_mask_from_the_cli(tmp_path, photo):
+    out = tmp_path / "o.png"
+    r = _edit(photo, "-s", "a red circle", "-t", "a blue square", "--method", "kv_edit", "--steps", "3", "--set",
+              "skip=0", "--mask", "auto", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (100, 70)

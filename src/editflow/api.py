@@ -111,6 +111,7 @@ def edit(
     ``mask`` (an image file, PIL image of any mode or size, or a 2-D array; white = edit) is
     resized to the working size and mapped to latent tokens with ``mask_rule`` ("any": a token is
     in when any of its pixels is; "most", "all"); methods that take a mask (``kv_edit``) use it.
+    ``mask="auto"`` derives it from the model (:func:`editflow.masks.auto_mask`, one extra call).
 
     ``model`` is an adapter from :func:`editflow.load_model` or a name for it; ``params`` override
     the method's defaults for the model's family (``editflow methods`` lists them). Images of any
@@ -131,7 +132,8 @@ def edit(
     grid = model.grid(work[1], work[0])
 
     token_mask = None
-    if mask is not None:
+    auto = isinstance(mask, str) and mask == "auto"
+    if mask is not None and not auto:
         token_mask = grid.mask_to_tokens(load_mask(mask, work), rule=mask_rule).to(model.device)
 
     if model.device.type == "cuda":
@@ -141,6 +143,11 @@ def edit(
     expected = m.expected_nfe(p)
     with progress_bar(model, expected.calls, method, progress):
         x_src = model.encode_image(x)
+        if auto:
+            from .masks import auto_mask
+
+            mask_gen = torch.Generator("cpu").manual_seed(gen.initial_seed() ^ 0x5EED)  # leaves gen's stream alone
+            token_mask = auto_mask(model, x_src, grid, source_prompt, target_prompt, mask_gen).to(model.device)
         req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
                           mask=token_mask)
         latents = m.run(model, req, p, gen)

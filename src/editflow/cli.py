@@ -69,7 +69,7 @@ def edit_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Also write a before | after image here."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Mask image, white = region to edit (kv_edit)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Mask image, white = region to edit (kv_edit); 'auto' = from the model."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
@@ -84,7 +84,7 @@ def edit_cmd(
         if compare is not None:
             check_output_path(compare)
         pil = load_image(image)
-        if mask is not None:
+        if mask is not None and str(mask) != "auto":
             from .images import load_mask
 
             load_mask(mask, pil.size)  # a missing or unreadable mask fails before the model loads
@@ -117,7 +117,7 @@ def edit_cmd(
                 )
         logging.getLogger("editflow").setLevel(logging.ERROR)
         result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
-                      mask=None if mask is None else str(mask), **overrides)
+                      mask=None if mask is None else str(mask), **overrides)  # "auto" passes through
         save_image(result.image, output)
         if compare is not None:
             save_image(side_by_side([pil, result.image]), compare)
