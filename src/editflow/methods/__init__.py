@@ -4,8 +4,9 @@
 NFE formula, citation). Importing this package registers them all.
 """
 
-from . import fireflow, flowedit, kv_edit, ode_inversion, rf_edit, rf_inversion  # noqa: F401  (registration)
+from . import dit4edit, fireflow, flowedit, kv_edit, ode_inversion, rf_edit, rf_inversion  # noqa: F401  (registration)
 from .base import METHODS, EditRequest, Method, MethodParams, get_method
+from .dit4edit import DiT4EditParams
 from .fireflow import FireFlowParams
 from .flowedit import FlowEditParams
 from .kv_edit import KVEditParams
@@ -14,6 +15,6 @@ from .rf_edit import RFEditParams
 from .rf_inversion import RFInversionParams
 
 __all__ = [
-    "METHODS", "EditRequest", "FireFlowParams", "FlowEditParams", "KVEditParams", "Method", "MethodParams", "ODEInversionParams",
+    "METHODS", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowEditParams", "KVEditParams", "Method", "MethodParams", "ODEInversionParams",
     "RFEditParams", "RFInversionParams", "get_method",
 ]

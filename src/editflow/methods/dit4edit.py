@@ -1,0 +1,90 @@
+"""DiT4Edit adapted to flow DiTs: DPM-Solver++ inversion and mutual attention control (Feng, Ma,
+Wang, Qi, Chen, Chen, Wang, "DiT4Edit: Diffusion Transformer for Image Editing", arXiv 2411.03286,
+AAAI 2025).
+
+    inversion:  X^src -> Z_1 with the source prompt, DPM-Solver++(2M)'s backward-Euler inversion
+                (editflow.solvers.dpm_solver; Hong et al. 2024, as DiT4Edit's Sec. 3)
+    editing:    rows [source, target] start both from Z_1 and are sampled together with
+                DPM-Solver++(2M), the source row with the source prompt, the target row with the
+                target prompt; in the last ``1 - layers_from`` of the attention layers the target's
+                image keys/values are the source's, and for the first ``query_steps`` steps its
+                image queries too (editflow.attention.mutual):
+                    step < S:   Attn(Q_src, K_src, V_src)   (image tokens; the layout is the source's)
+                    step >= S:  Attn(Q_tar, K_src, V_src)   (content from the source, MasaCtrl)
+    output:     the target row
+
+NFE: inversion ``(iters + 1) T`` calls (+1 when skipping), editing ``T`` calls of 2 rows. With
+equal prompts the target row equals the source row, i.e. a DPM-Solver++ round trip.
+
+DiT4Edit's code was never released and its step/layer thresholds are not stated in the text
+available to us (shared/references); editflow's defaults are its own: 30 steps (the paper's
+comparisons use 30), S = 5 (MasaCtrl's 4 of 50, scaled up for fewer steps), mutual attention in
+the second half of the layers (the paper's observation: deep-layer queries carry the layout),
+guidance 1.5 / 5.5 (FlowEdit's FLUX values). Patch (token) merging is not built yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..attention.mutual import MutualAttention
+from ..errors import ParameterError
+from ..models.base import NFE, Cond, FlowModel
+from ..solvers import SOLVERS, get_solver, inversion_times
+from .base import EditRequest, MethodParams, register
+
+PAPER = "Feng et al., DiT4Edit: Diffusion Transformer for Image Editing, arXiv 2411.03286 (AAAI 2025)"
+
+
+@dataclass
+class DiT4EditParams(MethodParams):
+    """steps: schedule length T. query_steps: steps S with the source's queries (None: 5 of 30,
+    scaled to T). layers_from:
+    first controlled layer as a fraction of all attention layers. source_guidance /
+    target_guidance: guidance of the source (and inversion) and target rows."""
+
+    FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=30, source_guidance=1.5, target_guidance=5.5)}
+
+    steps: int = 30
+    query_steps: int | None = None
+    layers_from: float = 0.5
+    source_guidance: float = 1.5
+    target_guidance: float = 5.5
+
+    def resolve(self, family: str) -> None:
+        if self.query_steps is None:
+            self.query_steps = round(self.steps * 5 / 30)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.query_steps is not None and not 0 <= self.query_steps <= self.steps:
+            raise ParameterError(f"parameter 'query_steps' must be in [0, steps], got {self.query_steps}")
+        if not 0.0 <= self.layers_from <= 1.0:
+            raise ParameterError(f"parameter 'layers_from' must be in [0, 1], got {self.layers_from}")
+
+
+def dit4edit_nfe(p: DiT4EditParams) -> NFE:
+    inv = SOLVERS["dpmpp_2m"].nfe(p.steps, True, True)
+    return NFE(calls=inv + p.steps, rows=inv + 2 * p.steps)
+
+
+@register("dit4edit", DiT4EditParams, dit4edit_nfe, PAPER)
+def dit4edit(model: FlowModel, req: EditRequest, p: DiT4EditParams, generator: torch.Generator) -> torch.Tensor:
+    """DPM-Solver++ inversion, then source and target rows sampled together with mutual attention."""
+    solve = get_solver("dpmpp_2m")
+    ts = model.schedule(p.steps, req.grid)
+    src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
+    z1 = solve(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
+               req.x_src.float(), inversion_times(ts))
+    names = model.attention_layers()
+    layers = set(names[round(p.layers_from * len(names)):])
+    t_switch = float(ts[p.query_steps]) if p.query_steps < p.steps else -1.0
+    control = MutualAttention(layers, t_switch if p.query_steps else 2.0)
+    pair = Cond.cat([src, tar])
+    guidance = [p.source_guidance, p.target_guidance]
+    out = solve(lambda z, t: model.velocity(z, t, pair, req.grid, guidance=guidance, control=control),
+                torch.cat([z1, z1]), ts)
+    return out[1:2]
