@@ -20,7 +20,9 @@ DiT4Edit's code was never released and its step/layer thresholds are not stated 
 available to us (shared/references); editflow's defaults are its own: 30 steps (the paper's
 comparisons use 30), S = 5 (MasaCtrl's 4 of 50, scaled up for fewer steps), mutual attention in
 the second half of the layers (the paper's observation: deep-layer queries carry the layout),
-guidance 1.5 / 5.5 (FlowEdit's FLUX values). Patch (token) merging is not built yet.
+guidance 1.5 / 5.5 (FlowEdit's FLUX values). Patch merging (``merge_ratio``, ToMe's bipartite
+matching on keys, in every layer of the editing pass) is off by default: the ratio DiT4Edit used
+is not stated, and merging trades quality for speed (benchmarks/token_merging.py).
 
 Like MasaCtrl, this keeps the source's appearance (its image keys and values) and lets the
 target prompt change layout and shape; on the shapes model it gets 40% of 40 colour edits right
@@ -34,6 +36,7 @@ from typing import ClassVar
 
 import torch
 
+from ..attention.merging import ControlChain, TokenMerging
 from ..attention.mutual import MutualAttention
 from ..errors import ParameterError
 from ..models.base import NFE, Cond, FlowModel
@@ -46,7 +49,8 @@ PAPER = "Feng et al., DiT4Edit: Diffusion Transformer for Image Editing, arXiv 2
 @dataclass
 class DiT4EditParams(MethodParams):
     """steps: schedule length T. query_steps: steps S with the source's queries (None: 5 of 30,
-    scaled to T). layers_from:
+    scaled to T). merge_ratio: fraction of image tokens merged away before each editing attention
+    (0 = off, at most 0.5; editflow.attention.merging). layers_from:
     first controlled layer as a fraction of all attention layers. source_guidance /
     target_guidance: guidance of the source (and inversion) and target rows."""
 
@@ -55,6 +59,7 @@ class DiT4EditParams(MethodParams):
     steps: int = 30
     query_steps: int | None = None
     layers_from: float = 0.5
+    merge_ratio: float = 0.0
     source_guidance: float = 1.5
     target_guidance: float = 5.5
 
@@ -68,6 +73,8 @@ class DiT4EditParams(MethodParams):
             raise ParameterError(f"parameter 'query_steps' must be in [0, steps], got {self.query_steps}")
         if not 0.0 <= self.layers_from <= 1.0:
             raise ParameterError(f"parameter 'layers_from' must be in [0, 1], got {self.layers_from}")
+        if not 0.0 <= self.merge_ratio <= 0.5:
+            raise ParameterError(f"parameter 'merge_ratio' must be in [0, 0.5], got {self.merge_ratio}")
 
 
 def dit4edit_nfe(p: DiT4EditParams) -> NFE:
@@ -87,6 +94,9 @@ def dit4edit(model: FlowModel, req: EditRequest, p: DiT4EditParams, generator: t
     layers = set(names[round(p.layers_from * len(names)):])
     t_switch = float(ts[p.query_steps]) if p.query_steps < p.steps else -1.0
     control = MutualAttention(layers, t_switch if p.query_steps else 2.0)
+    if p.merge_ratio > 0:  # merge after the branches' K/V are shared, so both rows merge alike
+        control = ControlChain(control, TokenMerging(p.merge_ratio))
+        control.rows = {"source": [0], "target": [1]}
     pair = Cond.cat([src, tar])
     guidance = [p.source_guidance, p.target_guidance]
     out = solve(lambda z, t: model.velocity(z, t, pair, req.grid, guidance=guidance, control=control),
