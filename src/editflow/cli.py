@@ -4,6 +4,7 @@
                   [--seed S] [--set key=value ...] -o OUT.png [--compare BEFORE_AFTER.png]
     editflow methods
     editflow solvers
+    editflow vital-layers --prompts FILE --out layers.json [--model NAME] [--seeds 0,1]
     editflow models
     editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...]
     editflow bench report DIR
@@ -260,6 +261,43 @@ def world_edits_cmd(
         _fail(str(exc))
     if not quiet:
         typer.echo(f"wrote {n} edit examples and {path}", err=True)
+
+
+@app.command("vital-layers")
+def vital_layers_cmd(
+    prompts: Path = typer.Option(..., "--prompts", help="Text file, one prompt per line."),
+    out: Path = typer.Option(..., "--out", help="Where to write layers.json (and layers.png beside it)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
+    seeds: str = typer.Option("0,1", "--seeds", help="Comma-separated seeds per prompt."),
+    steps: int = typer.Option(15, "--steps", help="Generation steps."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side (default: the model's native size)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Vitality cut (default: 3x the median)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Stable Flow's vital-layer search: bypass each block, score the change, keep the vital ones."""
+    _quiet_libraries()
+    from .models.zoo import DEFAULT_MODEL, load_model
+    from .vital_layers import select, vitality, write
+
+    try:
+        try:
+            lines = [ln.strip() for ln in prompts.read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise EditflowError(f"cannot read the prompts file {prompts}: {exc}") from None
+        if not lines:
+            raise EditflowError(f"{prompts} holds no prompt: write one per line")
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        name = model or DEFAULT_MODEL
+        adapter = load_model(name, device=device)
+        native = 64 if name == DEFAULT_MODEL else None
+        scores = vitality(adapter, lines, seed_list, steps, size or native, progress=_progress(quiet, "layers"))
+        vital = select(scores, threshold)
+        write(out, scores, vital, {"model": name, "prompts": len(lines), "seeds": seed_list, "steps": steps,
+                                   "similarity": "ssim", "threshold": threshold})
+    except (EditflowError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"vital layers: {', '.join(vital)}; wrote {out}", err=True)
 
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True,

@@ -4,7 +4,7 @@
 NFE formula, citation). Importing this package registers them all.
 """
 
-from . import dit4edit, fireflow, flowedit, kv_edit, ode_inversion, rf_edit, rf_inversion  # noqa: F401  (registration)
+from . import dit4edit, fireflow, flowedit, kv_edit, ode_inversion, rf_edit, rf_inversion, stable_flow  # noqa: F401
 from .base import METHODS, EditRequest, Method, MethodParams, get_method
 from .dit4edit import DiT4EditParams
 from .fireflow import FireFlowParams
@@ -13,8 +13,9 @@ from .kv_edit import KVEditParams
 from .ode_inversion import ODEInversionParams
 from .rf_edit import RFEditParams
 from .rf_inversion import RFInversionParams
+from .stable_flow import StableFlowParams
 
 __all__ = [
     "METHODS", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowEditParams", "KVEditParams", "Method", "MethodParams", "ODEInversionParams",
-    "RFEditParams", "RFInversionParams", "get_method",
+    "RFEditParams", "RFInversionParams", "StableFlowParams", "get_method",
 ]

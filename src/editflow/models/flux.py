@@ -15,6 +15,7 @@ The adapter owns everything FLUX-specific, so that methods only see packed laten
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -117,6 +118,41 @@ class FluxAdapter:
         """Names of the attention layers, in forward order: ``double.{i}`` then ``single.{j}``."""
         n_double, n_single = len(self.transformer.transformer_blocks), len(self.transformer.single_transformer_blocks)
         return [f"double.{i}" for i in range(n_double)] + [f"single.{j}" for j in range(n_single)]
+
+    def block(self, layer: str):
+        """The transformer block of an attention layer name (``double.{i}`` / ``single.{j}``)."""
+        kind, _, index = layer.partition(".")
+        blocks = {"double": self.transformer.transformer_blocks, "single": self.transformer.single_transformer_blocks}
+        if kind not in blocks or not index.isdigit() or int(index) >= len(blocks[kind]):
+            raise EditflowError(f"no layer {layer!r} in {self.name}: layers are {', '.join(self.attention_layers())}")
+        return blocks[kind][int(index)]
+
+    @contextmanager
+    def bypass(self, layer: str):
+        """Run with one block skipped (its residual stream passes through unchanged), as Stable
+        Flow's vital-layer search does; the block is restored on exit, also on error."""
+        block = self.block(layer)
+
+        def identity(hidden_states, encoder_hidden_states, *args, **kwargs):
+            return encoder_hidden_states, hidden_states
+
+        block.forward = identity
+        try:
+            yield
+        finally:
+            del block.forward  # back to the class's forward
+
+    @property
+    def vital_layers(self) -> list[str] | None:
+        """Stable Flow's vital layers stored with the model (``vital_layers.json`` in its folder), if any."""
+        import json
+        from pathlib import Path
+
+        folder = getattr(self.pipe, "name_or_path", None) or getattr(self.pipe.config, "_name_or_path", None)
+        path = Path(str(folder)) / "vital_layers.json" if folder else None
+        if path is None or not path.exists():
+            return None
+        return list(json.loads(path.read_text())["vital_layers"])
 
     # -- text ---------------------------------------------------------------------------------
     @torch.no_grad()
