@@ -4,7 +4,9 @@
 NFE formula, citation). Importing this package registers them all.
 """
 
-from . import dit4edit, fireflow, flowedit, kv_edit, ode_inversion, rf_edit, rf_inversion, stable_flow  # noqa: F401
+from . import (  # noqa: F401  (registration)
+    dit4edit, fireflow, flowedit, kv_edit, ode_inversion, personalize_anything, rf_edit, rf_inversion, stable_flow,
+)
 from .base import METHODS, EditRequest, Method, MethodParams, get_method
 from .dit4edit import DiT4EditParams
 from .fireflow import FireFlowParams
