@@ -68,3 +68,22 @@ def test_outpainting_keeps_the_known_region_on_the_shapes_model():
                           method="personalize_anything", seed=i, mask=known, tau=0.1)
         values.append(world.psnr(np.asarray(r.image), image, known))
     assert np.mean(values) >= 30.0, values
+
+
+def test_patch_perturbation_shuffles_within_3x3_blocks(tiny, source_latent):
+    from editflow.methods.personalize_anything import local_shuffle
+
+    grid = TokenGrid(96, 96, 6, 6)
+    src = torch.arange(36)
+    out = local_shuffle(src, grid, torch.Generator().manual_seed(0))
+    assert sorted(out.tolist()) == list(range(36)) and not torch.equal(out, src)
+    block = lambda i: (i // 6 // 3, i % 6 // 3)  # noqa: E731
+    assert all(block(a) == block(b) for a, b in zip(src.tolist(), out.tolist()))
+    assert torch.equal(out, local_shuffle(src, grid, torch.Generator().manual_seed(0)))
+    x, g4 = source_latent
+    mask = torch.ones(1, g4.num_tokens, dtype=torch.bool)
+    a = PA.run(tiny, EditRequest(x, g4, "a", "b", mask=mask), PA.params.for_family("flux", steps=3, tau=0.0, perturb=True),
+               torch.Generator().manual_seed(1))
+    b = PA.run(tiny, EditRequest(x, g4, "a", "b", mask=mask), PA.params.for_family("flux", steps=3, tau=0.0),
+               torch.Generator().manual_seed(1))
+    assert not torch.equal(a, b)
