@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.base import TokenGrid
+from .store import time_key
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,25 @@ class AttentionControl:
 
     def output(self, ctx: AttentionContext, out: torch.Tensor) -> torch.Tensor:
         return out
+
+
+class StepIntervalControl(AttentionControl):
+    """A control that pairs inversion and editing steps by the interval they cover.
+
+    A step is known by its interval's noisier end (an inversion step ``a_j -> a_{j+1}`` by
+    ``a_{j+1}``, an editing step ``t_i -> t_{i+1}`` by ``t_i``; the reference codes of RF-Edit and
+    KV-Edit key their stores the same way), ``interval``, and by the time its first call is made,
+    ``start``. The method feeds both through :meth:`step_callback` on its solver.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interval: int | None = None
+        self.start: int | None = None
+
+    def begin_step(self, t: float, t_next: float) -> None:
+        self.interval, self.start = time_key(max(t, t_next)), time_key(t)
+
+    def step_callback(self, ts: torch.Tensor):
+        """A solver callback for the schedule ``ts`` that calls :meth:`begin_step`."""
+        return lambda i, t, z: self.begin_step(float(ts[i]), float(ts[i + 1]))

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from .context import AttentionContext, AttentionControl
-from .store import FeatureStore, time_key
+from .context import AttentionContext, StepIntervalControl
+from .store import FeatureStore
 
 
-class BackgroundKV(AttentionControl):
+class BackgroundKV(StepIntervalControl):
     """``fg``: bool ``[N]`` foreground token mask. ``queries_seen`` records the query length of
     every editing layer-call (a check that only text + foreground tokens run)."""
 
@@ -37,14 +37,7 @@ class BackgroundKV(AttentionControl):
         self.bg_idx = (~self.fg).nonzero().flatten()
         self.inversion_mask = inversion_mask
         self.caching = True  # False: an inversion pass that only applies the mask (KV-Edit's replay)
-        self.interval: int | None = None
         self.queries_seen: list[int] = []
-
-    def begin_step(self, t: float, t_next: float) -> None:
-        self.interval = time_key(max(t, t_next))
-
-    def step_callback(self, ts: torch.Tensor):
-        return lambda i, t, z: self.begin_step(float(ts[i]), float(ts[i + 1]))
 
     def _mask(self, n_text: int, device) -> torch.Tensor:
         """Boolean ``[L, L]`` (True = may attend): text rows all; fg rows text+fg; bg rows text+bg."""

@@ -7,15 +7,14 @@ import math
 
 import torch
 
-from .context import AttentionContext, AttentionControl
+from .context import AttentionContext, StepIntervalControl
 from .store import FeatureStore, time_key
 
 
-class ValueSharing(AttentionControl):
-    """Keys follow RF-Solver-Edit's code: a step is known by its interval's noisier end (an
-    inversion step ``a_j -> a_{j+1}`` by ``a_{j+1}``, an editing step ``t_i -> t_{i+1}`` by
-    ``t_i``), so the editing step over an interval re-uses the V of the inversion step over the
-    same interval; within a step, the call at the step's start (``"first"``) and any later call
+class ValueSharing(StepIntervalControl):
+    """Keys follow RF-Solver-Edit's code: a step is known by its interval
+    (:class:`StepIntervalControl`), so the editing step over an interval re-uses the V of the
+    inversion step over the same interval; within a step, the call at the step's start (``"first"``) and any later call
     (``"mid"``, the midpoint) are told apart.
 
     In phase ``invert`` V of ``layers`` is stored for intervals whose noisier end is above
@@ -28,16 +27,7 @@ class ValueSharing(AttentionControl):
         super().__init__()
         self.store, self.layers = store, set(layers)
         self.key_min = time_key(t_min) if math.isfinite(t_min) else t_min
-        self.interval: int | None = None
-        self.start: int | None = None
         self.replaced = 0
-
-    def begin_step(self, t: float, t_next: float) -> None:
-        self.interval, self.start = time_key(max(t, t_next)), time_key(t)
-
-    def step_callback(self, ts: torch.Tensor):
-        """A solver callback for the schedule ``ts`` that calls :meth:`begin_step`."""
-        return lambda i, t, z: self.begin_step(float(ts[i]), float(ts[i + 1]))
 
     def wants(self, layer: str) -> bool:
         return layer in self.layers
