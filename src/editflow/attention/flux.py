@@ -93,11 +93,18 @@ class FluxControlProcessor:
         return image, attn.to_add_out(text.contiguous())
 
 
+def named_blocks(transformer) -> list[tuple[str, object]]:
+    """``(name, block)`` for every transformer block in forward order: ``double.{i}`` for
+    ``transformer_blocks``, then ``single.{j}`` for ``single_transformer_blocks`` (the layer
+    names every control, method and command uses)."""
+    out = [(f"double.{i}", b) for i, b in enumerate(transformer.transformer_blocks)]
+    out += [(f"single.{j}", b) for j, b in enumerate(transformer.single_transformer_blocks)]
+    return out
+
+
 def attention_layers(transformer) -> list[tuple[str, object]]:
     """``(name, attention module)`` for every block, double-stream first."""
-    out = [(f"double.{i}", b.attn) for i, b in enumerate(transformer.transformer_blocks)]
-    out += [(f"single.{j}", b.attn) for j, b in enumerate(transformer.single_transformer_blocks)]
-    return out
+    return [(name, block.attn) for name, block in named_blocks(transformer)]
 
 
 def _set(attn, processor) -> None:

@@ -116,16 +116,18 @@ class FluxAdapter:
 
     def attention_layers(self) -> list[str]:
         """Names of the attention layers, in forward order: ``double.{i}`` then ``single.{j}``."""
-        n_double, n_single = len(self.transformer.transformer_blocks), len(self.transformer.single_transformer_blocks)
-        return [f"double.{i}" for i in range(n_double)] + [f"single.{j}" for j in range(n_single)]
+        from ..attention.flux import named_blocks  # here: attention imports models at load time
+
+        return [name for name, _ in named_blocks(self.transformer)]
 
     def block(self, layer: str):
         """The transformer block of an attention layer name (``double.{i}`` / ``single.{j}``)."""
-        kind, _, index = layer.partition(".")
-        blocks = {"double": self.transformer.transformer_blocks, "single": self.transformer.single_transformer_blocks}
-        if kind not in blocks or not index.isdigit() or int(index) >= len(blocks[kind]):
-            raise EditflowError(f"no layer {layer!r} in {self.name}: layers are {', '.join(self.attention_layers())}")
-        return blocks[kind][int(index)]
+        from ..attention.flux import named_blocks
+
+        blocks = dict(named_blocks(self.transformer))
+        if layer not in blocks:
+            raise EditflowError(f"no layer {layer!r} in {self.name}: layers are {', '.join(blocks)}")
+        return blocks[layer]
 
     @contextmanager
     def bypass(self, layer: str):
