@@ -34,6 +34,19 @@ class EditRequest:
     stats: dict = field(default_factory=dict)
 
 
+def required_mask(req: EditRequest, method: str, what: str) -> torch.Tensor:
+    """The request's token mask as bool ``[N]``, or a :class:`ParameterError` naming the fix when
+    it is missing, of the wrong size or empty (for methods that need one)."""
+    if req.mask is None:
+        raise ParameterError(f"{method} needs a mask of {what}: pass mask=IMAGE (CLI: --mask PATH)")
+    mask = req.mask.reshape(-1).bool()
+    if mask.numel() != req.grid.num_tokens:
+        raise ParameterError(f"mask has {mask.numel()} tokens but the image has {req.grid.num_tokens}")
+    if not mask.any():
+        raise ParameterError(f"the mask selects nothing: paint {what} white")
+    return mask
+
+
 @dataclass
 class MethodParams:
     """Base of every method's params. Subclasses list per-family overrides in ``FAMILY_DEFAULTS``."""

@@ -49,7 +49,7 @@ from ..attention.kv_cache import BackgroundKV
 from ..errors import ParameterError
 from ..models.base import NFE, FlowModel
 from ..solvers import euler, inversion_times
-from .base import EditRequest, MethodParams, register
+from .base import EditRequest, MethodParams, register, required_mask
 
 PAPER = ("Zhu et al., KV-Edit: Training-Free Image Editing for Precise Background Preservation, "
          "arXiv 2502.17363 (ICCV 2025)")
@@ -87,21 +87,10 @@ def kv_edit_nfe(p: KVEditParams) -> NFE:
     return NFE(calls=n, rows=n)
 
 
-def _foreground(req: EditRequest) -> torch.Tensor:
-    if req.mask is None:
-        raise ParameterError("kv_edit needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
-    fg = req.mask.reshape(-1).bool()
-    if fg.numel() != req.grid.num_tokens:
-        raise ParameterError(f"mask has {fg.numel()} tokens but the image has {req.grid.num_tokens}")
-    if not fg.any():
-        raise ParameterError("the mask selects nothing to edit: paint the region to change white")
-    return fg
-
-
 @register("kv_edit", KVEditParams, kv_edit_nfe, PAPER)
 def kv_edit(model: FlowModel, req: EditRequest, p: KVEditParams, generator: torch.Generator) -> torch.Tensor:
     """Invert caching background K/V; re-generate only the masked tokens attending to that cache."""
-    fg = _foreground(req)
+    fg = required_mask(req, "kv_edit", "the region to edit")
     ts = model.schedule(p.steps, req.grid)[p.skip:]
     x = req.x_src.float()
     src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)

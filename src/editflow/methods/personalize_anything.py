@@ -42,7 +42,7 @@ import torch
 from ..attention.concat import SubjectConcat
 from ..errors import ParameterError
 from ..models.base import NFE, Cond, FlowModel, TokenGrid
-from .base import EditRequest, MethodParams, register
+from .base import EditRequest, MethodParams, register, required_mask
 
 PAPER = "Feng et al., Personalize Anything for Free with Diffusion Transformer, arXiv 2503.12590"
 
@@ -100,9 +100,8 @@ def personalize_nfe(p: PersonalizeParams) -> NFE:
 def personalize_anything(model: FlowModel, req: EditRequest, p: PersonalizeParams,
                          generator: torch.Generator) -> torch.Tensor:
     """Generate from noise with the reference subject's tokens pasted early and attended to late."""
-    if req.mask is None or not req.mask.any():
-        raise ParameterError("personalize_anything needs a mask of the subject in the reference image (--mask PATH)")
-    src_idx, dst_idx = shifted(req.mask.cpu(), req.grid, p.shift_x, p.shift_y)
+    subject = required_mask(req, "personalize_anything", "the subject in the reference image").cpu()
+    src_idx, dst_idx = shifted(subject, req.grid, p.shift_x, p.shift_y)
     if len(src_idx) == 0:
         raise ParameterError("the shift moves the whole subject off the image: use a smaller shift_x / shift_y")
     ts = model.schedule(p.steps, req.grid)
@@ -110,7 +109,7 @@ def personalize_anything(model: FlowModel, req: EditRequest, p: PersonalizeParam
     n_ref = model.noise(req.grid, generator).to(x_ref)
     z = model.noise(req.grid, generator).to(x_ref)
     cond = Cond.cat([model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)])
-    control = SubjectConcat(req.mask.cpu())
+    control = SubjectConcat(subject)
     control.rows = {"reference": [0], "generated": [1]}
     if p.perturb:
         src_idx = local_shuffle(src_idx, req.grid, generator)
