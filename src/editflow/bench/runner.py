@@ -13,6 +13,7 @@ seconds, peak_memory_bytes, image`` (the edited image, relative to the output fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -84,7 +85,7 @@ def parse_sets(pairs: list[str], methods: list[str]) -> dict[str, dict[str, Any]
         applied = False
         for m in targets:
             params = get_method(m).params
-            if key in {f.name for f in __import__("dataclasses").fields(params)}:
+            if key in {f.name for f in dataclasses.fields(params)}:
                 out[m][key] = coerce_value(params, key, value)
                 applied = True
         if not applied:
@@ -119,6 +120,8 @@ def pixel_metrics() -> list[Metric]:
 
 def oracle_metric() -> Metric:
     """The shapes world's exact scores, for records that carry their scenes."""
+    from PIL import Image
+
     from .. import world
 
     def fn(src, out, rec):
@@ -126,7 +129,7 @@ def oracle_metric() -> Metric:
             return {}
         edit = world.Edit(rec.category, world.Scene.from_dict(rec.extras["source_scene"]),
                           world.Scene.from_dict(rec.extras["target_scene"]), rec.extras.get("index"))
-        target = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(rec.target_image).convert("RGB"))
+        target = np.asarray(Image.open(rec.target_image).convert("RGB"))
         ex = world.EditExample(rec.category, src, target, rec.source_prompt, rec.target_prompt, rec.mask, edit)
         scores = world.edit_scores(ex, out)
         return {f"oracle_{k}": float(v) for k, v in scores.items() if isinstance(v, (bool, int, float, np.floating))}
@@ -188,9 +191,13 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
         bar = tqdm(total=len(todo), desc=f"bench r{rank}", unit="edit", file=sys.stderr)
     from PIL import Image
 
+    loaded = None  # (index, record with its mask in memory, source image): todo runs item by item
     for i, m in todo:
-        rec = items[i]
-        source = Image.open(rec.image).convert("RGB")
+        if loaded is None or loaded[0] != i:
+            mask = items[i].mask  # decoded once per item, not once per method and metric
+            rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask))
+            loaded = (i, rec, Image.open(rec.image).convert("RGB"))
+        _, rec, source = loaded
         result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
                       mask=rec.mask if get_method(m).params.NEEDS_MASK else None, **overrides[m])
         key = record_key(rec.id, m, resolved[m], model_name, seed)
