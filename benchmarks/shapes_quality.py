@@ -29,6 +29,7 @@ from PIL import Image
 import editflow
 from editflow import world
 from editflow.images import to_pil, to_tensor
+from editflow.masks import dilate_tokens, token_mask_to_pixels
 from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
 
 
@@ -60,10 +61,7 @@ def dilated_token_mask(model, mask: np.ndarray) -> np.ndarray:
     """The pixel mask grown to whole latent tokens plus one token around (what a token-level
     method may legitimately change)."""
     grid = model.grid(*mask.shape)
-    tokens = grid.mask_to_tokens(torch.from_numpy(mask)).reshape(1, 1, grid.h, grid.w).float()
-    grown = torch.nn.functional.max_pool2d(tokens, 3, 1, 1)[0, 0] > 0
-    px = model.pixel_multiple
-    return grown.repeat_interleave(px, 0).repeat_interleave(px, 1).numpy()
+    return token_mask_to_pixels(dilate_tokens(grid.mask_to_tokens(torch.from_numpy(mask)), grid), grid).numpy()
 
 
 def table(editing_report: dict) -> str:

@@ -56,6 +56,12 @@ def auto_mask(model: FlowModel, x_src: torch.Tensor, grid: TokenGrid, source_pro
     return _close(scores >= threshold).reshape(1, -1)
 
 
+def dilate_tokens(mask: torch.Tensor, grid: TokenGrid, radius: int = 1) -> torch.Tensor:
+    """A token mask ``[1, N]`` grown by ``radius`` tokens in every direction (8-neighbourhood)."""
+    m = mask.reshape(1, 1, grid.h, grid.w).float()
+    return (torch.nn.functional.max_pool2d(m, 2 * radius + 1, 1, radius) > 0).reshape(1, -1)
+
+
 def token_mask_to_pixels(mask: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
     """A token mask ``[1, N]`` as a bool pixel mask ``[H, W]``."""
     m = mask.reshape(grid.h, grid.w)

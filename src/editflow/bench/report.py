@@ -19,7 +19,9 @@ Methods run with several parameter sets are told apart as ``method[hash]``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -42,9 +44,6 @@ def _label(rows: list[dict]) -> dict[str, str]:
 
 
 def _params_id(r: dict) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha1(json.dumps(r["params"], sort_keys=True).encode()).hexdigest()[:6]
 
 
