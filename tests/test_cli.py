@@ -168,3 +168,31 @@ def test_automatic_mask_from_the_cli(tmp_path, photo):
               "skip=0", "--mask", "auto", "-o", out, "-q")
     assert r.exit_code == 0, r.output
     assert Image.open(out).size == (100, 70)
+
+
+def test_personalize_subjects_from_the_cli_match_the_api(tmp_path, photo):
+    import numpy as np
+
+    import editflow
+
+    known, obj, ref = tmp_path / "known.png", tmp_path / "obj.png", tmp_path / "ref.png"
+    m = Image.new("L", (100, 70))
+    m.paste(255, (0, 0, 50, 70))
+    m.save(known)
+    Image.eval(m, lambda v: 255 - v).save(obj)
+    Image.new("RGB", (100, 70), (250, 20, 20)).save(ref)
+    out = tmp_path / "o.png"
+    r = _edit(photo, "-s", "a", "-t", "b", "--method", "personalize_anything", "--steps", "3", "--mask", known,
+              "--subject", f"{ref},{obj},tau=0.0,dx=0,prompt=a red, bright image", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    api = editflow.edit("tiny-flux", Image.open(photo), "a", "b", method="personalize_anything", steps=3, mask=known,
+                        subjects=[editflow.Subject(Image.open(ref), obj, "a red, bright image", tau=0.0)])
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(api.image))
+    for subject, message in [(f"{ref},{obj},scale=2", "unknown or empty field 'scale=2'"),
+                             (f"{ref}", "write IMAGE,MASK"), (f"{ref},{obj},tau=x", "tau expects a number"),
+                             (f"{tmp_path / 'no.png'},{obj}", "not found")]:
+        r = _edit(photo, "-s", "a", "-t", "b", "--method", "personalize_anything", "--mask", known,
+                  "--subject", subject, "-o", tmp_path / "x.png")
+        assert r.exit_code == 2 and message in r.output, (subject, r.output)
+    r = _edit(photo, "-s", "a", "-t", "b", "--subject", f"{ref},{obj}", "-o", tmp_path / "x.png")
+    assert r.exit_code == 2 and "flowedit takes no --subject" in r.output and not (tmp_path / "x.png").exists()

@@ -134,9 +134,9 @@ def test_pixel_metrics_identity_and_masks(images, region):
 
 
 def test_missing_checkpoints_are_one_line_errors(tmp_path):
-    with pytest.raises(EditflowError, match=r"'openai/clip-vit-large-patch14' is not available offline.*clip=PATH"):
+    with pytest.raises(EditflowError, match=r"'openai/clip-vit-large-patch14' is not available offline.*clip_t=PATH"):
         ClipText.from_pretrained()
-    with pytest.raises(EditflowError, match=r"'facebook/dino-vitb8' is not available offline.*dino=PATH"):
+    with pytest.raises(EditflowError, match=r"'facebook/dino-vitb8' is not available offline.*structure_distance=PATH"):
         StructureDistance.from_pretrained()
     with pytest.raises(EditflowError) as err:
         DinoSimilarity.from_pretrained(str(tmp_path))  # a folder without a model
@@ -172,3 +172,28 @@ def test_lpips_converter_maps_the_official_key_names(tmp_path, images):
     other.load_state_dict(state)
     a, b, _ = images
     assert np.allclose(LPIPS(other)(a, b), LPIPS(net)(a, b), rtol=1e-6)
+
+
+def _tiny_dinov2(folder):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(2)
+    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=32, patch_size=8)).save_pretrained(folder)
+    return str(folder)
+
+
+def test_dinov2_similarity_is_the_class_token_cosine(tmp_path, images):
+    from editflow.bench.metrics import METRICS, Dinov2Similarity
+    from editflow.bench.metrics.dino import preprocess
+
+    a, b, _ = images
+    metric = Dinov2Similarity.from_pretrained(_tiny_dinov2(tmp_path / "d2"), device="cpu", batch_size=2)
+    assert METRICS["dinov2"] is Dinov2Similarity and metric.size == 224  # the paper's input, not the config's
+    assert np.allclose(metric(a, a), 1.0, atol=1e-5)
+    with torch.no_grad():
+        cls = [metric.model(pixel_values=preprocess([x], 224)).last_hidden_state[0, 0] for x in (a[0], b[0])]
+    expected = float(torch.nn.functional.cosine_similarity(cls[0], cls[1], dim=0))
+    assert abs(metric([a[0]], [b[0]])[0] - expected) < 1e-5 and expected < 0.9999
+    with pytest.raises(EditflowError, match="--similarity-model"):
+        Dinov2Similarity.from_pretrained(str(tmp_path / "missing-dinov2"))

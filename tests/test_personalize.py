@@ -87,3 +87,76 @@ def test_patch_perturbation_shuffles_within_3x3_blocks(tiny, source_latent):
     b = PA.run(tiny, EditRequest(x, g4, "a", "b", mask=mask), PA.params.for_family("flux", steps=3, tau=0.0),
                torch.Generator().manual_seed(1))
     assert not torch.equal(a, b)
+
+
+def test_grow_tokens_dilates_and_erodes_on_the_token_grid():
+    from editflow.masks import grow_tokens
+
+    grid = TokenGrid(40, 40, 5, 5)
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    mask[1:4, 1:4] = True
+    assert grow_tokens(mask.reshape(1, -1), grid, 1).sum() == 25
+    eroded = grow_tokens(mask.reshape(1, -1), grid, -1).reshape(5, 5)
+    assert eroded.sum() == 1 and eroded[2, 2]
+    assert torch.equal(grow_tokens(mask.reshape(1, -1), grid, 0).reshape(5, 5), mask)
+    corner = torch.zeros(5, 5, dtype=torch.bool)
+    corner[:2, :2] = True  # touches the border: eroding keeps the border side
+    assert grow_tokens(corner.reshape(1, -1), grid, -1).reshape(5, 5).nonzero().tolist() == [[0, 0]]
+
+
+def test_several_subjects_later_ones_win_and_each_adds_a_row(tiny, source_latent):
+    """With tau = 0 every step starts from the pasted tokens, so the result lands near each
+    subject's own tokens where it is pasted; where two masks overlap the later subject wins."""
+    from editflow.methods import SubjectTokens
+
+    x, grid = source_latent
+    other = torch.flip(x, dims=[1]) + 2.0  # a second reference, far from the first
+    everything = torch.ones(1, grid.num_tokens, dtype=torch.bool)
+    part = torch.zeros(1, grid.num_tokens, dtype=torch.bool)
+    part[0, :3] = True
+    p = PA.params.for_family("flux", steps=6, tau=0.0)
+    before = tiny.counter.total.copy()
+    req = EditRequest(x, grid, "a cat", "a cat and a dog", mask=everything, subjects=[SubjectTokens(other, part, "a dog")])
+    out = PA.run(tiny, req, p, torch.Generator().manual_seed(0))
+    assert tiny.counter.total - before == editflow.models.base.NFE(6, 3 * 6)  # one more row per subject
+    near = lambda a, b: (a - b).abs().mean()  # noqa: E731
+    assert near(out[:, :3], other[:, :3]) < 0.5 * near(out[:, :3], x[:, :3])
+    assert near(out[:, 3:], x[:, 3:]) < 0.5 * near(out[:, 3:], other[:, 3:])
+    with pytest.raises(ParameterError, match="subject 1 is not on the image's token grid"):
+        PA.run(tiny, EditRequest(x, grid, "a", "b", mask=everything, subjects=[SubjectTokens(other[:, :4], part[:, :4])]),
+               p, torch.Generator().manual_seed(0))
+    with pytest.raises(ParameterError, match="erodes the whole subject of subject 1"):
+        PA.run(tiny, EditRequest(x, grid, "a", "b", mask=everything, subjects=[SubjectTokens(other, part)]),
+               PA.params.for_family("flux", steps=2, mask_grow=-1), torch.Generator().manual_seed(0))
+
+
+def test_subjects_through_the_api(tiny):
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    small = Image.new("RGB", (32, 32), (30, 30, 200))  # resized to the main image's working size
+    known = np.zeros((64, 64), bool)
+    known[:, :32] = True
+    subject = editflow.Subject(small, ~known, "a blue square", tau=0.0)
+    r = editflow.edit(tiny, image, "a red square", "a red and a blue square", method="personalize_anything", steps=2,
+                      mask=known, subjects=[subject])
+    assert r.nfe == editflow.models.base.NFE(2, 6)
+    with pytest.raises(EditflowError, match="flowedit takes no extra subjects"):
+        editflow.edit(tiny, image, "a", "b", method="flowedit", subjects=[subject])
+    with pytest.raises(EditflowError, match=r"editflow.Subject\(image, mask"):
+        editflow.edit(tiny, image, "a", "b", method="personalize_anything", mask=known, subjects=[small])
+
+
+def test_pasting_an_object_into_another_scene_on_the_shapes_model():
+    """Multi-subject inpainting (benchmarks/personalize_paste.py, 50 held-out cases): the base
+    scene is the main reference with all but the object's tokens known (tau 0.1), the reference
+    scene a second subject (tau 0.1), the prompt names the result. Measured 43/50 right with the
+    subject and 1/50 without it (the prompt alone does not put the object into the hole), so the
+    pasted reference causes it; asserted >= 35/50 and <= 2/10."""
+    from benchmarks.personalize_paste import SEED_OFFSET, paste, right
+    from editflow import world
+    from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
+
+    model = editflow.load_model("shapes")
+    cases = [world.sample_paste(scene_rng(HELD_OUT_NAMESPACE, SEED_OFFSET, i)) for i in range(50)]
+    with_subject = sum(right(paste(model, ex, ex.prompts[2], 0.1, i), ex.obj) for i, ex in enumerate(cases))
+    without = sum(right(paste(model, ex, ex.prompts[2], None, i), ex.obj) for i, ex in enumerate(cases[:10]))
+    assert with_subject >= 35 and without <= 2, (with_subject, without)

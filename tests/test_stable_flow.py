@@ -65,6 +65,34 @@ def test_vital_layers_command(tmp_path):
     assert (tmp_path / "layers.png").exists()
 
 
+def test_vital_layers_command_with_dinov2_similarity(tmp_path, monkeypatch):
+    """The paper's DINOv2 similarity: the command scores with it (checked against a direct call)."""
+    from typer.testing import CliRunner
+    from transformers import Dinov2Config, Dinov2Model
+
+    from editflow import vital_layers
+    from editflow.cli import app
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=32, patch_size=8)).save_pretrained(tmp_path / "d2")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    args = ["vital-layers", "--model", "tiny-flux", "--prompts", str(prompts), "--seeds", "0", "--steps", "2",
+            "--size", "32", "-q", "--similarity", "dinov2", "--similarity-model", str(tmp_path / "d2")]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "layers.json")])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "layers.json").read_text())
+    assert data["similarity"] == "dinov2"
+    sim = vital_layers.similarity_function("dinov2", str(tmp_path / "d2"), "cpu")
+    direct = vitality(editflow.load_model("tiny-flux"), ["a red circle"], [0], steps=2, size=32, similarity=sim)
+    assert data["vitality"] == pytest.approx(direct, abs=1e-6)
+    assert direct != pytest.approx(vitality(editflow.load_model("tiny-flux"), ["a red circle"], [0], steps=2, size=32),
+                                   abs=1e-6)  # not the SSIM scores
+    r = CliRunner().invoke(app, [*args[:-4], "--similarity", "clip", "--out", str(tmp_path / "x.json")])
+    assert r.exit_code != 0 and "unknown similarity 'clip'" in r.output
+
+
 def test_stable_flow_nfe_layers_and_restoration(tiny, source_latent):
     x, grid = source_latent
     before = [a.processor for _, a in attention_layers(tiny.transformer)]

@@ -6,7 +6,7 @@
 >>> result.image.save("edited.png")
 """
 
-from .api import EditResult, edit, generate
+from .api import EditResult, Subject, edit, generate
 from .errors import EditflowError, ModelNotAvailableError, ParameterError
 from .methods import METHODS
 from .models.base import NFE, Cond, FlowModel, TokenGrid
@@ -25,6 +25,7 @@ __all__ = [
     "FlowModel",
     "ModelNotAvailableError",
     "ParameterError",
+    "Subject",
     "TokenGrid",
     "edit",
     "generate",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from .errors import EditflowError
 from .images import as_image, fit_size, load_mask, to_pil, to_tensor
-from .methods import EditRequest, get_method
+from .methods import EditRequest, SubjectTokens, get_method
 from .models.base import NFE, Cond, FlowModel
 from .models.zoo import load_model
 from .solvers import euler
@@ -43,6 +43,21 @@ class EditResult:
     peak_memory_bytes: int
     params: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Subject:
+    """An extra reference for :func:`edit` (methods that take several, e.g. Personalize
+    Anything's multi-subject mode): an ``image`` (path or PIL; resized to the main image's
+    working size), the ``mask`` of its subject (as :func:`edit`'s ``mask``), the ``prompt`` that
+    describes it, a ``shift`` ``(dx, dy)`` in latent tokens, and its own ``tau`` (``None``: the
+    method's)."""
+
+    image: Any
+    mask: Any
+    prompt: str = ""
+    shift: tuple[int, int] = (0, 0)
+    tau: float | None = None
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -104,6 +119,7 @@ def edit(
     progress: bool = False,
     mask=None,
     mask_rule: str = "any",
+    subjects: list[Subject] | None = None,
     **params,
 ) -> EditResult:
     """Edit ``image`` from ``source_prompt`` towards ``target_prompt`` with ``method``.
@@ -112,6 +128,8 @@ def edit(
     resized to the working size and mapped to latent tokens with ``mask_rule`` ("any": a token is
     in when any of its pixels is; "most", "all"); methods that take a mask (``kv_edit``) use it.
     ``mask="auto"`` derives it from the model (:func:`editflow.masks.auto_mask`, one extra call).
+    ``subjects``: extra references (:class:`Subject`) for methods that take several
+    (``personalize_anything``).
 
     ``model`` is an adapter from :func:`editflow.load_model` or a name for it; ``params`` override
     the method's defaults for the model's family (``editflow methods`` lists them). Images of any
@@ -127,6 +145,9 @@ def edit(
     p = m.params.for_family(model.family, **params)
     if p.NEEDS_MASK and mask is None:
         raise EditflowError(f"{method} needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
+    subjects = list(subjects or [])
+    if subjects and not p.TAKES_SUBJECTS:
+        raise EditflowError(f"{method} takes no extra subjects: drop subjects= or use personalize_anything")
     gen = make_generator(seed, generator)
     x, size, work = prepare_image(model, image)
     grid = model.grid(work[1], work[0])
@@ -149,7 +170,7 @@ def edit(
             mask_gen = torch.Generator("cpu").manual_seed(gen.initial_seed() ^ 0x5EED)  # leaves gen's stream alone
             token_mask = auto_mask(model, x_src, grid, source_prompt, target_prompt, mask_gen).to(model.device)
         req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
-                          mask=token_mask)
+                          mask=token_mask, subjects=[_subject_tokens(model, s, grid, work, mask_rule) for s in subjects])
         latents = m.run(model, req, p, gen)
         out = to_pil(model.decode(latents, grid))
     if model.device.type == "cuda":
@@ -160,6 +181,16 @@ def edit(
     info = dict(p.to_dict(), method=method, model=model.name, seed=seed, working_size=list(work))
     return EditResult(out, latents.cpu(), model.counter.total - before, seconds, _peak_memory(model.device), info,
                       dict(req.stats))
+
+
+def _subject_tokens(model: FlowModel, subject: Subject, grid, work: tuple[int, int], mask_rule: str) -> SubjectTokens:
+    if not isinstance(subject, Subject):
+        raise EditflowError(f"subjects must be editflow.Subject(image, mask, ...), got {type(subject).__name__}")
+    pil = as_image(subject.image)
+    if pil.size != work:
+        pil = pil.resize(work, Image.LANCZOS)
+    mask = grid.mask_to_tokens(load_mask(subject.mask, work), rule=mask_rule).to(model.device)
+    return SubjectTokens(model.encode_image(to_tensor(pil)), mask, subject.prompt, tuple(subject.shift), subject.tau)
 
 
 @torch.no_grad()

@@ -71,6 +71,9 @@ def edit_cmd(
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Also write a before | after image here."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Mask image, white = region to edit (kv_edit); 'auto' = from the model."),
+    subject: Optional[List[str]] = typer.Option(
+        None, "--subject", help="Extra reference for personalize_anything: IMAGE,MASK[,tau=T][,dx=N][,dy=N][,prompt=TEXT] "
+        "(repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
@@ -95,6 +98,9 @@ def edit_cmd(
         if m.params.NEEDS_MASK and mask is None:
             raise EditflowError(f"{method} needs a mask of the region to edit: pass --mask PATH (white = edit)")
         overrides = _parse_sets(sets or [], m.params)
+        subjects = [_parse_subject(text) for text in subject or []]
+        if subjects and not m.params.TAKES_SUBJECTS:
+            raise EditflowError(f"{method} takes no --subject: use --method personalize_anything")
         if steps is not None:
             overrides["steps"] = steps
 
@@ -118,7 +124,7 @@ def edit_cmd(
                 )
         logging.getLogger("editflow").setLevel(logging.ERROR)
         result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
-                      mask=None if mask is None else str(mask), **overrides)  # "auto" passes through
+                      mask=None if mask is None else str(mask), subjects=subjects, **overrides)  # "auto" passes
         save_image(result.image, output)
         if compare is not None:
             save_image(side_by_side([pil, result.image]), compare)
@@ -131,6 +137,30 @@ def edit_cmd(
             + (f"; before|after: {compare}" if compare else ""),
             err=True,
         )
+
+
+def _parse_subject(text: str):
+    """``IMAGE,MASK[,tau=T][,dx=N][,dy=N][,prompt=TEXT]`` -> :class:`editflow.Subject` (files read now,
+    so a bad path fails before the model loads; ``prompt`` takes the rest of the text)."""
+    from .api import Subject
+    from .images import load_image, load_mask
+
+    head, _, prompt = text.partition(",prompt=")
+    parts = [x.strip() for x in head.split(",")]
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise EditflowError(f"--subject {text!r}: write IMAGE,MASK[,tau=T][,dx=N][,dy=N][,prompt=TEXT]")
+    image = load_image(Path(parts[0]))
+    load_mask(parts[1], image.size)
+    values = {"tau": None, "dx": 0, "dy": 0}
+    for item in parts[2:]:
+        key, _, value = item.partition("=")
+        if key not in values or not value:
+            raise EditflowError(f"--subject: unknown or empty field {item!r}: use tau=T, dx=N, dy=N or prompt=TEXT")
+        try:
+            values[key] = float(value) if key == "tau" else int(value)
+        except ValueError:
+            raise EditflowError(f"--subject: {key} expects a number, got {value!r}") from None
+    return Subject(image, parts[1], prompt, (values["dx"], values["dy"]), values["tau"])
 
 
 @app.command("demo")
@@ -272,13 +302,17 @@ def vital_layers_cmd(
     steps: int = typer.Option(15, "--steps", help="Generation steps."),
     size: Optional[int] = typer.Option(None, "--size", help="Image side (default: the model's native size)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Vitality cut (default: 3x the median)."),
+    similarity: str = typer.Option("ssim", "--similarity",
+                                   help="Image similarity: ssim (weight-free) or dinov2 (the paper's; needs weights)."),
+    similarity_model: Optional[str] = typer.Option(None, "--similarity-model",
+                                                   help="DINOv2 checkpoint folder or hub id (default facebook/dinov2-base)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Stable Flow's vital-layer search: bypass each block, score the change, keep the vital ones."""
     _quiet_libraries()
     from .models.zoo import DEFAULT_MODEL, load_model
-    from .vital_layers import select, vitality, write
+    from .vital_layers import select, similarity_function, vitality, write
 
     try:
         try:
@@ -291,10 +325,13 @@ def vital_layers_cmd(
         name = model or DEFAULT_MODEL
         adapter = load_model(name, device=device)
         native = 64 if name == DEFAULT_MODEL else None
-        scores = vitality(adapter, lines, seed_list, steps, size or native, progress=_progress(quiet, "layers"))
+        sim = similarity_function(similarity, similarity_model, device)
+        scores = vitality(adapter, lines, seed_list, steps, size or native, similarity=sim,
+                          progress=_progress(quiet, "layers"))
         vital = select(scores, threshold)
         write(out, scores, vital, {"model": name, "prompts": len(lines), "seeds": seed_list, "steps": steps,
-                                   "similarity": "ssim", "threshold": threshold})
+                                   "similarity": similarity, "similarity_model": similarity_model,
+                                   "threshold": threshold})
     except (EditflowError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"vital layers: {', '.join(vital)}; wrote {out}", err=True)

@@ -62,6 +62,15 @@ def dilate_tokens(mask: torch.Tensor, grid: TokenGrid, radius: int = 1) -> torch
     return (torch.nn.functional.max_pool2d(m, 2 * radius + 1, 1, radius) > 0).reshape(1, -1)
 
 
+def grow_tokens(mask: torch.Tensor, grid: TokenGrid, radius: int) -> torch.Tensor:
+    """A token mask ``[1, N]`` dilated by ``radius`` tokens (``radius > 0``) or eroded by
+    ``-radius`` (``radius < 0``; a token stays when its whole neighbourhood is in the mask;
+    tokens off the grid count as in, so a mask touching the border is not eaten from there)."""
+    if radius >= 0:
+        return dilate_tokens(mask, grid, radius) if radius else mask.reshape(1, -1).bool()
+    return ~dilate_tokens(~mask.reshape(1, -1).bool(), grid, -radius)
+
+
 def token_mask_to_pixels(mask: torch.Tensor, grid: TokenGrid) -> torch.Tensor:
     """A token mask ``[1, N]`` as a bool pixel mask ``[H, W]``."""
     m = mask.reshape(grid.h, grid.w)

@@ -9,9 +9,10 @@ with l bypassed (its residual stream passes through) to get G_l(p, s); then
 and the vital set is {l : vitality(l) >= tau}. The paper scores with DINOv2 similarity and gives
 the FLUX.1-dev set {0, 1, 2, 17, 18, 25, 28, 53, 54, 56} (the released code drops 2: double
 blocks 0, 1, 17, 18 and single blocks 6, 9, 34, 35, 37, editflow's default for FLUX.1); its tau
-is not stated. Here the similarity is SSIM (weight-free, so it runs on any machine) unless a
-metric is passed, and without ``threshold`` the vital set is every layer scoring at least 3x the
-median vitality (always at least the top layer).
+is not stated. Here the similarity is SSIM (weight-free, so it runs on any machine) or DINOv2
+(:func:`similarity_function`; ``editflow vital-layers --similarity dinov2``), and without
+``threshold`` the vital set is every layer scoring at least 3x the median vitality (always at
+least the top layer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import EditflowError
 from .models.base import FlowModel
 
 FLUX_DEV_VITAL = ["double.0", "double.1", "double.17", "double.18", "single.6", "single.9", "single.34",
@@ -33,9 +35,8 @@ def vitality(model: FlowModel, prompts: list[str], seeds: list[int], steps: int 
              similarity: Callable[[np.ndarray, np.ndarray], float] | None = None, progress=None) -> dict[str, float]:
     """``{layer: vitality}`` over all attention layers (blocks) of ``model``."""
     from .api import generate
-    from .world.oracle import ssim
 
-    sim = similarity or ssim
+    sim = similarity or similarity_function("ssim")
     size = size or 1024
     cases = [(p, s) for p in prompts for s in seeds]
     refs = [np.asarray(generate(model, p, size, size, steps=steps, seed=s)) for p, s in cases]
@@ -47,6 +48,25 @@ def vitality(model: FlowModel, prompts: list[str], seeds: list[int], steps: int 
                       for ref, (p, s) in zip(refs, cases)]
         scores[layer] = 1.0 - float(np.mean(values))
     return scores
+
+
+SIMILARITIES = ("ssim", "dinov2")
+
+
+def similarity_function(name: str, checkpoint: str | None = None, device=None) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The image similarity ``sim(a, b)`` named ``name``: ``"ssim"`` (weight-free) or ``"dinov2"``
+    (the paper's: DINOv2 class-token cosine, ``checkpoint`` a folder or hub id, default
+    facebook/dinov2-base)."""
+    if name == "ssim":
+        from .world.oracle import ssim
+
+        return ssim
+    if name == "dinov2":
+        from .bench.metrics import Dinov2Similarity
+
+        metric = Dinov2Similarity.from_pretrained(checkpoint, device=device)
+        return lambda a, b: metric([a], [b])[0]
+    raise EditflowError(f"unknown similarity {name!r}: use one of {', '.join(SIMILARITIES)}")
 
 
 def select(scores: dict[str, float], threshold: float | None = None) -> list[str]:

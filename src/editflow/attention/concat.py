@@ -1,10 +1,10 @@
-"""Extra keys and values from a reference row (Personalize Anything's "multi-modal attention"):
-every row's attention also sees the reference row's subject image tokens.
+"""Extra keys and values from reference rows (Personalize Anything's "multi-modal attention"):
+every row's attention also sees the active reference rows' subject image tokens.
 
-    Attn(Q, [K; K_ref[subject]], [V; V_ref[subject]])
+    Attn(Q, [K; K_ref1[subject1]; K_ref2[subject2]; ...], [V; V_ref1[subject1]; ...])
 
-The reference row itself gets them too (its own tokens twice); its latent is not integrated, so
-only what it lends matters.
+The reference rows get them too (their own tokens twice); their latents are not integrated, so
+only what they lend matters.
 """
 
 from __future__ import annotations
@@ -15,16 +15,20 @@ from .context import AttentionContext, AttentionControl
 
 
 class SubjectConcat(AttentionControl):
-    def __init__(self, subject: torch.Tensor, reference_row: int = 0):
+    """``subjects``: one token mask per reference row (row ``k`` holds subject ``k``).
+    ``active``: the reference rows whose subject tokens are lent at this step."""
+
+    def __init__(self, subjects: list[torch.Tensor]):
         super().__init__()
-        self.subject = subject.flatten().nonzero().flatten()
-        self.reference_row = reference_row
-        self.active = False
+        self.subjects = [s.flatten().nonzero().flatten() for s in subjects]
+        self.active: set[int] = set()
 
     def qkv(self, ctx: AttentionContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask):
         if not self.active:
             return q, k, v, mask
-        idx = self.subject.to(k.device) + ctx.n_text
-        extra_k = k[self.reference_row, idx].expand(k.shape[0], -1, -1, -1)
-        extra_v = v[self.reference_row, idx].expand(v.shape[0], -1, -1, -1)
-        return q, torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1), mask
+        ks, vs = [k], [v]
+        for row in sorted(self.active):
+            idx = self.subjects[row].to(k.device) + ctx.n_text
+            ks.append(k[row, idx].expand(k.shape[0], -1, -1, -1))
+            vs.append(v[row, idx].expand(v.shape[0], -1, -1, -1))
+        return q, torch.cat(ks, dim=1), torch.cat(vs, dim=1), mask

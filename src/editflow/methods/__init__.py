@@ -7,7 +7,7 @@ NFE formula, citation). Importing this package registers them all.
 from . import (  # noqa: F401  (registration)
     dit4edit, fireflow, flowedit, kv_edit, ode_inversion, personalize_anything, rf_edit, rf_inversion, stable_flow,
 )
-from .base import METHODS, EditRequest, Method, MethodParams, get_method
+from .base import METHODS, EditRequest, Method, MethodParams, SubjectTokens, get_method
 from .dit4edit import DiT4EditParams
 from .fireflow import FireFlowParams
 from .flowedit import FlowEditParams
@@ -19,5 +19,5 @@ from .stable_flow import StableFlowParams
 
 __all__ = [
     "METHODS", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowEditParams", "KVEditParams", "Method", "MethodParams", "ODEInversionParams",
-    "RFEditParams", "RFInversionParams", "StableFlowParams", "get_method",
+    "RFEditParams", "RFInversionParams", "StableFlowParams", "SubjectTokens", "get_method",
 ]

@@ -31,7 +31,22 @@ class EditRequest:
     source_prompt: str
     target_prompt: str
     mask: torch.Tensor | None = None  # [1, N] token mask where a method takes one
+    subjects: list["SubjectTokens"] = field(default_factory=list)  # extra references (multi-subject)
     stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class SubjectTokens:
+    """One more reference for methods that take several (Personalize Anything's multi-subject
+    mode): clean tokens ``x`` ``[1, N, C]`` on the request's grid, its subject ``mask`` ``[1, N]``,
+    the ``prompt`` that describes it, a ``shift`` ``(dx, dy)`` in tokens and its own ``tau``
+    (``None``: the method's)."""
+
+    x: torch.Tensor
+    mask: torch.Tensor
+    prompt: str = ""
+    shift: tuple[int, int] = (0, 0)
+    tau: float | None = None
 
 
 def required_mask(req: EditRequest, method: str, what: str) -> torch.Tensor:
@@ -53,6 +68,7 @@ class MethodParams:
 
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
     NEEDS_MASK: ClassVar[bool] = False  # the method edits only inside a mask the user gives
+    TAKES_SUBJECTS: ClassVar[bool] = False  # the method takes extra reference subjects
 
     steps: int = 28
 

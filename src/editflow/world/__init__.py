@@ -15,6 +15,7 @@ True
 from .captions import Style, caption, object_spans, parse_caption, sample_style
 from .edits import EDIT_KINDS, Edit, EditExample, edit_mask, make_edit, make_example, sample_edit
 from .oracle import edit_scores, mse, psnr, read_background, read_object, read_scene_accuracy, ssim
+from .paste import PasteExample, sample_paste
 from .render import background_mask, object_coverage, object_mask, render
 from .scene import (
     BACKGROUNDS,
@@ -41,6 +42,7 @@ __all__ = [
     "Edit",
     "EditExample",
     "Obj",
+    "PasteExample",
     "Scene",
     "Style",
     "WorldError",
@@ -62,6 +64,7 @@ __all__ = [
     "render",
     "sample_edit",
     "sample_object",
+    "sample_paste",
     "sample_scene",
     "sample_style",
     "ssim",

@@ -67,8 +67,8 @@ class _Clip:
     def from_pretrained(cls, name_or_path: str = DEFAULT_CLIP, device=None, **kwargs):
         from transformers import CLIPModel, CLIPTokenizer
 
-        model = resolve_checkpoint(name_or_path, "--metric-model clip=PATH", CLIPModel.from_pretrained)
-        tokenizer = resolve_checkpoint(name_or_path, "--metric-model clip=PATH", CLIPTokenizer.from_pretrained)
+        model = resolve_checkpoint(name_or_path, f"--metric-model {cls.name}=PATH", CLIPModel.from_pretrained)
+        tokenizer = resolve_checkpoint(name_or_path, f"--metric-model {cls.name}=PATH", CLIPTokenizer.from_pretrained)
         size = model.config.vision_config.image_size
         local = Path(name_or_path)
         crop, mean, std = _preprocessor_values(str(local), size) if local.exists() else (size, CLIP_MEAN, CLIP_STD)

@@ -2,6 +2,8 @@
 
 * :class:`DinoSimilarity` (DINO): cosine between the class tokens of the source and edited images
   (the DreamBooth-style subject/structure similarity; default ``facebook/dino-vits16``).
+* :class:`Dinov2Similarity` (DINOv2): the same cosine on DINOv2's class token (Stable Flow's
+  vital-layer similarity; default ``facebook/dinov2-base``).
 * :class:`StructureDistance` (PIE-Bench's "structure distance", after Tumanyan et al., Splicing
   ViT Features, 2022): ``mse(S_a, S_b)`` with ``S = cos(k_i, k_j)`` the self-similarity of the
   last block's keys over all tokens (class token included, heads concatenated); PIE-Bench loads
@@ -46,19 +48,23 @@ def preprocess(images: list[np.ndarray], size: int, shorter_side: bool = False, 
 
 class _Dino:
     DEFAULT = "facebook/dino-vits16"
+    SIZE: int | None = None  # input side; None: the checkpoint's
 
     def __init__(self, model, size: int | None = None, batch_size: int = 16):
         self.model = model
-        self.size = size or model.config.image_size
+        self.size = size or self.SIZE or model.config.image_size
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | None = None, device=None, **kwargs):
+    def load(cls, name_or_path: str):
         from transformers import ViTModel
 
-        model = resolve_checkpoint(name_or_path or cls.DEFAULT, "--metric-model dino=PATH", ViTModel.from_pretrained,
-                                   add_pooling_layer=False)
-        return cls(to_device(model, device), **kwargs)
+        return resolve_checkpoint(name_or_path, f"--metric-model {cls.name}=PATH", ViTModel.from_pretrained,
+                                  add_pooling_layer=False)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, device=None, **kwargs):
+        return cls(to_device(cls.load(name_or_path or cls.DEFAULT), device), **kwargs)
 
     @property
     def device(self):
@@ -83,6 +89,22 @@ class DinoSimilarity(_Dino):
         if len(xs) != len(ys):
             raise ValueError(f"{len(xs)} images against {len(ys)}")
         return (self.features(xs) * self.features(ys)).sum(-1).cpu().tolist()
+
+
+class Dinov2Similarity(DinoSimilarity):
+    """DINOv2 (Oquab et al. 2023): class-token cosine, as Stable Flow scores its layer bypasses
+    (default ``facebook/dinov2-base``, 224 px input; the position embeddings are interpolated)."""
+
+    name = "dinov2"
+    DEFAULT = "facebook/dinov2-base"
+    SIZE = 224
+
+    @classmethod
+    def load(cls, name_or_path: str):
+        from transformers import Dinov2Model
+
+        return resolve_checkpoint(name_or_path, "--metric-model dinov2=PATH; vital-layers: --similarity-model PATH",
+                                  Dinov2Model.from_pretrained)
 
 
 class StructureDistance(_Dino):
