@@ -95,6 +95,7 @@ def edit_cmd(
         from .methods import get_method
 
         m = get_method(method)
+        _check_family_early(m, model)
         if m.params.NEEDS_MASK and mask is None:
             raise EditflowError(f"{method} needs a mask of the region to edit: pass --mask PATH (white = edit)")
         overrides = _parse_sets(sets or [], m.params)
@@ -137,6 +138,19 @@ def edit_cmd(
             + (f"; before|after: {compare}" if compare else ""),
             err=True,
         )
+
+
+def _check_family_early(method, model: str | None) -> None:
+    """Fail before loading anything when the method does not run on the model's family (known
+    from the zoo or the folder's model_index.json; hub ids are checked after loading)."""
+    from .methods.base import check_family
+    from .models.zoo import DEFAULT_MODEL, model_family
+
+    try:
+        family = model_family(model or DEFAULT_MODEL)
+    except EditflowError:
+        return
+    check_family(method.params, family)
 
 
 def _parse_subject(text: str):
@@ -199,18 +213,38 @@ def demo_cmd(
 
 
 @app.command("methods")
-def methods_cmd() -> None:
-    """List every editing method with its parameters, defaults (FLUX) and paper."""
+def methods_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Show what runs on this model (zoo name or pipeline folder)."),
+) -> None:
+    """List the editing methods: which model families each runs on, parameters, defaults, paper."""
     from .methods import METHODS
+    from .models.zoo import FAMILY_ADAPTERS, model_family
 
+    families = list(FAMILY_ADAPTERS)
+    try:
+        family = model_family(model) if model else None
+    except EditflowError as exc:
+        _fail(str(exc))
+    typer.echo("| method | " + " | ".join(families) + " |")
+    typer.echo("| --- |" + " --- |" * len(families))
     for m in METHODS.values():
+        typer.echo(f"| {m.name} | " + " | ".join("yes" if f in m.params.FAMILIES else "-" for f in families) + " |")
+    typer.echo("")
+    if family is not None:
+        typer.echo(f"{model} is a {family} model; its defaults:\n")
+    for m in METHODS.values():
+        if family is not None and family not in m.params.FAMILIES:
+            typer.echo(f"{m.name}: not on {family} models (runs on {', '.join(m.params.FAMILIES)})\n")
+            continue
         typer.echo(f"{m.name}: {m.summary}")
         typer.echo(f"  paper: {m.paper}")
         if m.params.NEEDS_MASK:
             typer.echo("  needs a mask: --mask PATH (white = the region to edit)")
-        defaults = m.params.for_family("flux")
+        shown = family or m.params.FAMILIES[0]
+        defaults = m.params.for_family(shown)
+        typer.echo(f"  defaults ({shown}):")
         for f in dataclasses.fields(defaults):
-            typer.echo(f"  {f.name} = {getattr(defaults, f.name)!r}")
+            typer.echo(f"    {f.name} = {getattr(defaults, f.name)!r}")
         typer.echo("")
 
 

@@ -115,15 +115,19 @@ def _set(attn, processor) -> None:
 
 
 @contextmanager
-def installed(transformer, control: AttentionControl, info: CallInfo):
-    """Swap every FLUX attention processor for a controlled one; restore the originals on exit,
-    also when the forward pass raises."""
-    layers = attention_layers(transformer)
+def swapped(layers: list[tuple[str, object]], make_processor):
+    """Give every ``(name, attention module)`` the processor ``make_processor(name)``; restore
+    the originals on exit, also when the forward pass raises (shared by all families)."""
     originals = [attn.processor for _, attn in layers]
     try:
         for name, attn in layers:
-            _set(attn, FluxControlProcessor(name, control, info))
+            _set(attn, make_processor(name))
         yield
     finally:
         for (_, attn), proc in zip(layers, originals):
             _set(attn, proc)
+
+
+def installed(transformer, control: AttentionControl, info: CallInfo):
+    """Swap every FLUX attention processor for a controlled one, for one call."""
+    return swapped(attention_layers(transformer), lambda name: FluxControlProcessor(name, control, info))

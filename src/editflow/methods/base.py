@@ -69,12 +69,17 @@ class MethodParams:
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
     NEEDS_MASK: ClassVar[bool] = False  # the method edits only inside a mask the user gives
     TAKES_SUBJECTS: ClassVar[bool] = False  # the method takes extra reference subjects
+    # Model families the method runs on: velocity-only methods run on all; methods that hook
+    # attention need a transformer with hook points, some FLUX's own layer kinds.
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux", "sd3", "unet")
 
     steps: int = 28
 
     @classmethod
     def for_family(cls, family: str, **overrides) -> "MethodParams":
-        """The paper's defaults for ``family`` with ``overrides`` applied (unknown names fail)."""
+        """The paper's defaults for ``family`` with ``overrides`` applied (unknown names fail,
+        and so does a family the method does not run on, before any computation)."""
+        check_family(cls, family)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - names)
         if unknown:
@@ -103,6 +108,22 @@ class MethodParams:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_family(params: type[MethodParams], family: str) -> None:
+    """A :class:`ParameterError` naming what runs where, if ``params``' method does not run on ``family``."""
+    if family in params.FAMILIES:
+        return
+    name = next((m.name for m in METHODS.values() if m.params is params), params.__name__)
+    runs = sorted(m.name for m in METHODS.values() if family in m.params.FAMILIES)
+    raise ParameterError(
+        f"{name} does not run on {family} models (it supports {', '.join(params.FAMILIES)}); "
+        f"methods for {family}: {', '.join(runs)}"
+    )
+
+
+def supports(method: str, family: str) -> bool:
+    return family in get_method(method).params.FAMILIES
 
 
 def _matches(kind, value) -> bool:

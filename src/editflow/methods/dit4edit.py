@@ -20,7 +20,7 @@ DiT4Edit's code was never released and its step/layer thresholds are not stated 
 available to us (shared/references); editflow's defaults are its own: 30 steps (the paper's
 comparisons use 30), S = 5 (MasaCtrl's 4 of 50, scaled up for fewer steps), mutual attention in
 the second half of the layers (the paper's observation: deep-layer queries carry the layout),
-guidance 1.5 / 5.5 (FlowEdit's FLUX values). Patch merging (``merge_ratio``, ToMe's bipartite
+guidance 1.5 / 5.5 (FlowEdit's FLUX values; on SD3 FlowEdit's CFG 3.5 / 13.5). Patch merging (``merge_ratio``, ToMe's bipartite
 matching on keys, in every layer of the editing pass) is off by default: the ratio DiT4Edit used
 is not stated, and merging trades quality for speed (benchmarks/token_merging.py).
 
@@ -54,7 +54,9 @@ class DiT4EditParams(MethodParams):
     first controlled layer as a fraction of all attention layers. source_guidance /
     target_guidance: guidance of the source (and inversion) and target rows."""
 
-    FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=30, source_guidance=1.5, target_guidance=5.5)}
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux", "sd3")  # attention hook points
+    FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=30, source_guidance=1.5, target_guidance=5.5),
+                                       "sd3": dict(steps=30, source_guidance=3.5, target_guidance=13.5)}
 
     steps: int = 30
     query_steps: int | None = None

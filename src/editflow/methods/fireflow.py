@@ -37,6 +37,7 @@ PAPER = "Deng et al., FireFlow: Fast Inversion of Rectified Flow for Image Seman
 
 @dataclass
 class FireFlowParams(ValueSharingParams):
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux",)  # FLUX single-stream blocks; stores features
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=8, inject=1, share_from=0.0, source_guidance=1.0,
                                                     target_guidance=2.0)}
 

@@ -28,8 +28,12 @@ Defaults (paper and FLUX_exp.yaml / SD3_exp.yaml of the reference code):
 * SD3: T = 50, n_max = 33, n_min = 0, n_avg = 1, CFG 3.5 / 13.5 (the reference function's own
   default n_max = 15 differs from the paper's 33; editflow uses 33).
 
+* rectified-flow UNets (InstaFlow's 2-rectified flow; the seed notes' FlowEdit-on-InstaFlow
+  study, shared/seeds/001): T = 25, n_max = 21 (the middle of the 19-25 they tried), n_min = 1,
+  n_avg = 1, CFG 1.5 / 16.5 (their best CLIP-I, DINO and LPIPS at equal CLIP-T).
+
 ``n_max = None`` keeps the paper's fraction of the schedule when ``steps`` changes
-(24/28 for FLUX, 33/50 for SD3), rounded.
+(24/28 for FLUX, 33/50 for SD3, 21/25 for UNets), rounded.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from .base import EditRequest, MethodParams, register
 PAPER = "Kulikov et al., FlowEdit: Inversion-Free Text-Based Editing Using Pre-Trained Flow Models, arXiv 2412.08629"
 
 # The paper's n_max as a fraction of the schedule, per family.
-N_MAX_FRACTION = {"flux": 24 / 28, "sd3": 33 / 50}
+N_MAX_FRACTION = {"flux": 24 / 28, "sd3": 33 / 50, "unet": 21 / 25}
 
 
 @dataclass
@@ -62,6 +66,7 @@ class FlowEditParams(MethodParams):
     FAMILY_DEFAULTS: ClassVar[dict] = {
         "flux": dict(steps=28, source_guidance=1.5, target_guidance=5.5),
         "sd3": dict(steps=50, source_guidance=3.5, target_guidance=13.5),
+        "unet": dict(steps=25, n_min=1, source_guidance=1.5, target_guidance=16.5),
     }
 
     steps: int = 28

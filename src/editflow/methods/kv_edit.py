@@ -63,6 +63,7 @@ class KVEditParams(MethodParams):
     inversion_free: the O(1)-memory variant. offload: keep the cache in CPU memory. replay: keep
     only the inversion's latents and recompute each step's background K/V when editing."""
 
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux",)  # token-subset calls with FLUX position ids
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=28, skip=4, source_guidance=1.5, target_guidance=5.5)}
     NEEDS_MASK: ClassVar[bool] = True
 

@@ -15,7 +15,7 @@ from the input only by the solver's discretisation error, which falls as ``steps
 solver's order.
 
 Defaults: no paper fixes them; editflow uses FlowEdit's settings per family (FLUX: 28 steps,
-guidance 1.5 / 5.5; SD3: 50 steps, 3.5 / 13.5) so that the two are compared on equal footing.
+guidance 1.5 / 5.5; SD3: 50 steps, 3.5 / 13.5; UNets: 25 steps, 1.5 / 16.5) so that the two are compared on equal footing.
 ``skip = steps - n_max`` starts from FlowEdit's noise level (its "editing by inversion" baseline).
 """
 
@@ -43,6 +43,7 @@ class ODEInversionParams(MethodParams):
     FAMILY_DEFAULTS: ClassVar[dict] = {
         "flux": dict(steps=28, source_guidance=1.5, target_guidance=5.5),
         "sd3": dict(steps=50, source_guidance=3.5, target_guidance=13.5),
+        "unet": dict(steps=25, source_guidance=1.5, target_guidance=16.5),
     }
 
     steps: int = 28

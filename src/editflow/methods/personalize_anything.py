@@ -26,7 +26,8 @@ attention below it; where pasted regions overlap the later subject wins. Combine
 inpainting mode this pastes an object of one image into another: the base image is the main
 reference with the known region as its mask, the object's image a second subject.
 
-Defaults: 28 steps, guidance 3.5 (the reference code's FLUX.1-dev settings), tau = 0.8 (the paper's
+Defaults: 28 steps, guidance 3.5 (the reference code's FLUX.1-dev settings; on SD3, which the paper
+does not use, CFG 7.0, the SD3 pipeline's default), tau = 0.8 (the paper's
 ablation optimum as reported second-hand; the code's default leaves the subject replaced for
 about 2/3 of a 28-step schedule at 1024^2). Patch perturbation, which the release lacks, is
 built from the paper's description: ``perturb`` shuffles the pasted tokens within 3x3 blocks,
@@ -68,7 +69,8 @@ class PersonalizeParams(MethodParams):
     subject mask by this many tokens before pasting (the paper's mask perturbation). guidance:
     of all rows."""
 
-    FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=28, guidance=3.5)}
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux", "sd3")  # attention hook points
+    FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=28, guidance=3.5), "sd3": dict(steps=28, guidance=7.0)}
     NEEDS_MASK: ClassVar[bool] = True
     TAKES_SUBJECTS: ClassVar[bool] = True
 

@@ -101,6 +101,7 @@ def invert_and_edit_sharing_values(model: FlowModel, req: EditRequest, p: ValueS
 
 @dataclass
 class RFEditParams(ValueSharingParams):
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux",)  # FLUX single-stream blocks; stores features
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=25, inject=5, source_guidance=1.0, target_guidance=2.0)}
 
 

@@ -47,6 +47,7 @@ class StableFlowParams(MethodParams):
     (None: the model's list, or FLUX.1-dev's for a FLUX.1-sized model). source_guidance /
     target_guidance: guidance of inversion and source row / target row."""
 
+    FAMILIES: ClassVar[tuple[str, ...]] = ("flux", "sd3")  # attention hook points
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=50, source_guidance=1.0, target_guidance=3.0)}
 
     steps: int = 50

@@ -61,14 +61,17 @@ class TokenGrid:
 class Cond:
     """Encoded text conditioning, ``rows`` prompts stacked on the batch axis.
 
-    ``embeds`` is the per-token sequence (T5 for FLUX), ``pooled`` the pooled vector (CLIP),
-    ``ids`` the text position ids where the family has them (FLUX ``txt_ids``).
+    ``embeds`` is the per-token sequence (T5 for FLUX), ``pooled`` the pooled vector (CLIP;
+    empty ``[rows, 0]`` where the family has none), ``ids`` the text position ids where the family
+    has them (FLUX ``txt_ids``), ``negative`` the negative prompt's conditioning, row for row,
+    for families with classifier-free guidance (SD3, UNets).
     """
 
     embeds: torch.Tensor
     pooled: torch.Tensor
     prompts: tuple[str, ...]
     ids: torch.Tensor | None = None
+    negative: "Cond | None" = None
 
     @property
     def rows(self) -> int:
@@ -77,11 +80,13 @@ class Cond:
     @staticmethod
     def cat(conds: Sequence["Cond"]) -> "Cond":
         """Stack conditionings on the batch axis (one transformer call for several branches)."""
+        negatives = [c.negative for c in conds]
         return Cond(
             embeds=torch.cat([c.embeds for c in conds]),
             pooled=torch.cat([c.pooled for c in conds]),
             prompts=tuple(p for c in conds for p in c.prompts),
             ids=conds[0].ids,
+            negative=Cond.cat(negatives) if all(n is not None for n in negatives) else None,
         )
 
     def expand(self, rows: int) -> "Cond":
@@ -90,7 +95,9 @@ class Cond:
             return self
         if self.rows != 1:
             raise ValueError(f"cannot expand a {self.rows}-row conditioning to {rows} rows")
-        return Cond(self.embeds.expand(rows, -1, -1), self.pooled.expand(rows, -1), self.prompts * rows, self.ids)
+        negative = self.negative.expand(rows) if self.negative is not None else None
+        return Cond(self.embeds.expand(rows, -1, -1), self.pooled.expand(rows, -1), self.prompts * rows, self.ids,
+                    negative)
 
 
 @dataclass

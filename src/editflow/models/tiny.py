@@ -211,3 +211,57 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
+
+
+def _clip_with_projection(tok, dim: int):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(
+        CLIPTextConfig(vocab_size=len(tok), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=tok.model_max_length,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       projection_dim=dim)
+    ).eval()
+
+
+def build_tiny_sd3(seed: int = 0):
+    """A random-weight StableDiffusion3Pipeline (two CLIPs, T5, SD3 transformer with RMS qk-norm as
+    SD3.5, static-shift scheduler); output is noise."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    clip_tok, t5_tok = shipped_tokenizers()
+    torch.manual_seed(seed)
+    clip_l, clip_g = _clip_with_projection(clip_tok, 16), _clip_with_projection(clip_tok, 16)
+    _, t5 = make_text_encoders(clip_tok, t5_tok, dim=32)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                        pooled_projection_dim=32, out_channels=16, pos_embed_max_size=16,
+                                        qk_norm="rms_norm")
+    vae = AutoencoderKL(**TINY_CONFIG["vae"])
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g, tokenizer_2=clip_tok,
+        text_encoder_3=t5, tokenizer_3=t5_tok,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_unet(seed: int = 0):
+    """A random-weight StableDiffusionPipeline whose small UNet stands in for a rectified-flow UNet
+    (InstaFlow's architecture is SD1.5's); output is noise."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    clip_tok, t5_tok = shipped_tokenizers()
+    torch.manual_seed(seed)
+    clip, _ = make_text_encoders(clip_tok, t5_tok, dim=32)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(**dict(TINY_CONFIG["vae"], latent_channels=4, scaling_factor=0.18215, shift_factor=None))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=clip, tokenizer=clip_tok, unet=unet.eval(),
+                                   scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

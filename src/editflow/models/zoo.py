@@ -16,6 +16,8 @@ import torch
 
 from ..errors import ModelNotAvailableError
 from .flux import FluxAdapter
+from .sd3 import SD3Adapter
+from .unet import RectifiedUNetAdapter
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,18 @@ def _tiny(guidance_embeds: bool) -> Callable[[], Any]:
     return build
 
 
+def _tiny_sd3() -> Any:
+    from .tiny import build_tiny_sd3
+
+    return build_tiny_sd3(seed=0)
+
+
+def _tiny_unet() -> Any:
+    from .tiny import build_tiny_unet
+
+    return build_tiny_unet(seed=0)
+
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
@@ -79,6 +93,11 @@ ZOO: dict[str, ZooEntry] = {
             builder=_tiny(False),
             dtype=torch.float32,
         ),
+        ZooEntry("tiny-sd3", "sd3", "built offline, random weights: a StableDiffusion3Pipeline (2 CLIPs, T5, "
+                 "RMS qk-norm); for tests: its output is noise", builder=_tiny_sd3, dtype=torch.float32),
+        ZooEntry("tiny-unet", "unet", "built offline, random weights: a StableDiffusionPipeline read as a "
+                 "rectified-flow UNet like InstaFlow; for tests: its output is noise", builder=_tiny_unet,
+                 dtype=torch.float32),
         ZooEntry("flux-dev", "flux", "FLUX.1-dev, guidance-distilled, 12B", hub_id="black-forest-labs/FLUX.1-dev"),
         ZooEntry(
             "flux-schnell",
@@ -87,14 +106,27 @@ ZOO: dict[str, ZooEntry] = {
             hub_id="black-forest-labs/FLUX.1-schnell",
             options={"max_sequence_length": 256},
         ),
+        ZooEntry("sd3-medium", "sd3", "Stable Diffusion 3 medium, 2B, CFG (FlowEdit's SD3)",
+                 hub_id="stabilityai/stable-diffusion-3-medium-diffusers", dtype=torch.float16),
+        ZooEntry("sd3.5-medium", "sd3", "Stable Diffusion 3.5 medium, 2.5B, CFG",
+                 hub_id="stabilityai/stable-diffusion-3.5-medium"),
+        ZooEntry("sd3.5-large", "sd3", "Stable Diffusion 3.5 large, 8B, CFG", hub_id="stabilityai/stable-diffusion-3.5-large"),
+        ZooEntry("instaflow-2rf", "unet", "2-rectified flow from SD1.5 (InstaFlow's few-step model), CFG",
+                 hub_id="XCLiu/2_rectified_flow_from_sd_1_5", dtype=torch.float16),
+        ZooEntry("instaflow", "unet", "InstaFlow 0.9B, one-step rectified flow from SD1.5",
+                 hub_id="XCLiu/instaflow_0_9B_from_sd_1_5", dtype=torch.float16),
     ]
 }
 
 # The default of every command. Tiny models are for tests and never the default.
 DEFAULT_MODEL = "shapes"
-NOISE_MODELS = {"tiny-flux", "tiny-flux-schnell"}
+NOISE_MODELS = {"tiny-flux", "tiny-flux-schnell", "tiny-sd3", "tiny-unet"}
 
-_ADAPTERS = {"FluxPipeline": FluxAdapter}
+# Adapter per family; and the family of each pipeline class that says it by itself. A
+# StableDiffusionPipeline is a rectified flow only when its weights are (InstaFlow): it needs
+# family="unet" (the zoo entries say it).
+FAMILY_ADAPTERS = {"flux": FluxAdapter, "sd3": SD3Adapter, "unet": RectifiedUNetAdapter}
+PIPELINE_FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
 
 
 def default_device() -> torch.device:
@@ -113,14 +145,23 @@ def _parse_dtype(dtype: str | torch.dtype | None, fallback: torch.dtype) -> torc
     return names[dtype]
 
 
-def wrap_pipeline(pipe, name: str = "pipeline", **options):
-    """Wrap an already-loaded diffusers pipeline in editflow's adapter for its family."""
+def wrap_pipeline(pipe, name: str = "pipeline", family: str | None = None, **options):
+    """Wrap an already-loaded diffusers pipeline in editflow's adapter for its family
+    (``family``: "flux", "sd3" or "unet"; by default read from the pipeline class)."""
     cls = type(pipe).__name__
-    if cls not in _ADAPTERS:
+    if family is None:
+        if cls == "StableDiffusionPipeline":
+            raise ModelNotAvailableError(
+                f"{name}: a StableDiffusionPipeline is a rectified flow only if its UNet was trained as one "
+                "(InstaFlow, 2-rectified flow): load it with family='unet', or use the zoo's instaflow / instaflow-2rf"
+            )
+        family = PIPELINE_FAMILIES.get(cls)
+    if family not in FAMILY_ADAPTERS:
         raise ModelNotAvailableError(
-            f"{name}: pipeline class {cls} is not supported yet; supported: {', '.join(sorted(_ADAPTERS))}"
+            f"{name}: pipeline class {cls} (family {family}) is not supported; supported: "
+            f"{', '.join(sorted(PIPELINE_FAMILIES))}, and StableDiffusionPipeline with family='unet'"
         )
-    return _ADAPTERS[cls](pipe, name=name, **options)
+    return FAMILY_ADAPTERS[family](pipe, name=name, **options)
 
 
 def _download_hint(hub_id: str) -> str:
@@ -166,13 +207,15 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     cpu_offload: bool = False,
+    family: str | None = None,
 ):
     """Load a model and return its :class:`~editflow.models.base.FlowModel` adapter.
 
     ``name_or_path`` is a zoo name (``tiny-flux``, ``flux-dev``, ...), a local diffusers folder
     (with ``model_index.json``) or a hub id; ``None`` loads the default model. ``dtype`` defaults
     to float32 for built-in models and on the CPU, bfloat16 for other models on CUDA; ``device``
-    defaults to CUDA when present.
+    defaults to CUDA when present. ``family`` names the adapter for a folder or hub id whose
+    pipeline class does not say it (a rectified-flow ``StableDiffusionPipeline``: ``"unet"``).
 
     >>> model = load_model("tiny-flux")          # offline, random weights
     >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
@@ -210,7 +253,27 @@ def load_model(
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(device)
-    return wrap_pipeline(pipe, name=name_or_path, **options)
+    return wrap_pipeline(pipe, name=name_or_path, family=family or (entry.family if entry is not None else None),
+                         **options)
+
+
+def model_family(name_or_path: str) -> str:
+    """The family of a zoo name or a local pipeline folder, without loading it."""
+    import json
+
+    if name_or_path in ZOO:
+        return ZOO[name_or_path].family
+    index = Path(name_or_path).expanduser() / "model_index.json"
+    if not index.is_file():
+        raise ModelNotAvailableError(f"unknown model {name_or_path!r}: use a name from `editflow models` or a local "
+                                     "pipeline folder")
+    cls = json.loads(index.read_text()).get("_class_name", "?")
+    if cls == "StableDiffusionPipeline":
+        return "unet"  # what editflow can run it as (a rectified-flow UNet)
+    if cls not in PIPELINE_FAMILIES:
+        raise ModelNotAvailableError(f"{name_or_path}: pipeline class {cls} is not supported; supported: "
+                                     f"{', '.join(sorted(PIPELINE_FAMILIES))}, StableDiffusionPipeline (family unet)")
+    return PIPELINE_FAMILIES[cls]
 
 
 def shapes_available() -> bool:
