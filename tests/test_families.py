@@ -160,10 +160,21 @@ def test_instaflow_convention_is_converted_at_the_boundary(unet):
     assert abs(x.mean().item() - 0.4) < 0.1 and abs(x.std().item() - 0.5) < 0.05
 
 
-def test_stable_diffusion_pipelines_need_the_family_said(unet):
+def test_stable_diffusion_pipelines_need_the_family_said(unet, tmp_path, image):
     with pytest.raises(ModelNotAvailableError, match="family='unet'"):
         editflow.wrap_pipeline(unet.pipe, name="sd15")
     assert editflow.wrap_pipeline(unet.pipe, name="sd15", family="unet").family == "unet"
+    unet.pipe.save_pretrained(tmp_path / "rf")
+    with pytest.raises(ModelNotAvailableError, match="family='unet'"):
+        editflow.load_model(str(tmp_path / "rf"), device="cpu")
+    from editflow.cli import app
+
+    image.save(tmp_path / "in.png")
+    args = ["edit", str(tmp_path / "in.png"), "-s", "a", "-t", "b", "--model", str(tmp_path / "rf"), "--steps", "3",
+            "-o", str(tmp_path / "o.png"), "-q"]
+    assert CliRunner().invoke(app, args).exit_code == 2
+    r = CliRunner().invoke(app, [*args, "--family", "unet"])
+    assert r.exit_code == 0, r.output
 
 
 # -- methods on the families -------------------------------------------------------------------

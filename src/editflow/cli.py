@@ -66,6 +66,9 @@ def edit_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the edited image (.png, .jpg, .webp)."),
     method: str = typer.Option("flowedit", "--method", "-m", help="Editing method (see `editflow methods`)."),
     model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
+    family: Optional[str] = typer.Option(None, "--family",
+                                         help="flux, sd3 or unet, for a folder whose pipeline class does not say "
+                                              "it (a rectified-flow StableDiffusionPipeline: unet)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Schedule length (default: the method's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
@@ -109,7 +112,7 @@ def edit_cmd(
         from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
 
         name = model or DEFAULT_MODEL
-        adapter = load_model(name, dtype=dtype, device=device)
+        adapter = load_model(name, dtype=dtype, device=device, family=family)
         m.params.for_family(adapter.family, **overrides)  # fail on bad values before the work
         if not quiet:
             if name in NOISE_MODELS:
