@@ -1,8 +1,10 @@
 """ODE inversion on the tiny pipeline."""
 
+import numpy as np
 import pytest
 import torch
 
+import editflow
 from editflow.errors import ParameterError
 from editflow.methods import EditRequest, get_method
 from editflow.models.base import NFE
@@ -64,3 +66,24 @@ def test_second_order_solvers_reconstruct_at_their_order(tiny, source_latent):
 def test_unknown_solver_is_rejected_before_any_work():
     with pytest.raises(ParameterError, match="unknown solver 'rk4'"):
         ODE.params.for_family("flux", solver="rk4")
+
+
+@pytest.mark.parametrize("method,extra", [("ode_inversion", {}), ("rf_inversion", {}), ("dit4edit", {}),
+                                          ("stable_flow", {"layers": "single.0"})])
+def test_inversion_cache_reuses_the_inversion_for_a_new_target(tiny, method, extra):
+    """A second edit of the same image and source prompt skips the inversion (fewer calls, the
+    same result as without the cache); another source prompt or image misses."""
+    from PIL import Image
+
+    image = Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
+    cache = editflow.InversionCache()
+    kw = dict(method=method, steps=4, seed=3, **extra)
+    first = editflow.edit(tiny, image, "a cat", "a dog", cache=cache, **kw)
+    second = editflow.edit(tiny, image, "a cat", "a fox", cache=cache, **kw)
+    plain = editflow.edit(tiny, image, "a cat", "a fox", **kw)
+    assert first.stats["inversion_cached"] is False and second.stats["inversion_cached"] is True
+    assert second.nfe.calls < first.nfe.calls == plain.nfe.calls
+    assert torch.equal(second.latents, plain.latents)
+    third = editflow.edit(tiny, image, "a bird", "a fox", cache=cache, **kw)
+    assert third.stats["inversion_cached"] is False and len(cache) == 2
+    assert "inversion_cached" not in plain.stats

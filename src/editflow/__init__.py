@@ -9,6 +9,7 @@
 from .api import EditResult, Subject, edit, generate
 from .errors import EditflowError, ModelNotAvailableError, ParameterError
 from .methods import METHODS
+from .methods.cache import InversionCache
 from .models.base import NFE, Cond, FlowModel, TokenGrid
 from .models.zoo import DEFAULT_MODEL, ZOO, load_model, wrap_pipeline
 
@@ -23,6 +24,7 @@ __all__ = [
     "EditResult",
     "EditflowError",
     "FlowModel",
+    "InversionCache",
     "ModelNotAvailableError",
     "ParameterError",
     "Subject",

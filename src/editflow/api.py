@@ -120,6 +120,7 @@ def edit(
     mask=None,
     mask_rule: str = "any",
     subjects: list[Subject] | None = None,
+    cache=None,
     **params,
 ) -> EditResult:
     """Edit ``image`` from ``source_prompt`` towards ``target_prompt`` with ``method``.
@@ -129,7 +130,9 @@ def edit(
     in when any of its pixels is; "most", "all"); methods that take a mask (``kv_edit``) use it.
     ``mask="auto"`` derives it from the model (:func:`editflow.masks.auto_mask`, one extra call).
     ``subjects``: extra references (:class:`Subject`) for methods that take several
-    (``personalize_anything``).
+    (``personalize_anything``). ``cache``: an :class:`editflow.InversionCache`; methods whose
+    inversion does not depend on the target prompt reuse it when the same image is edited again
+    (``stats["inversion_cached"]`` says whether they did).
 
     ``model`` is an adapter from :func:`editflow.load_model` or a name for it; ``params`` override
     the method's defaults for the model's family (``editflow methods`` lists them). Images of any
@@ -170,7 +173,8 @@ def edit(
             mask_gen = torch.Generator("cpu").manual_seed(gen.initial_seed() ^ 0x5EED)  # leaves gen's stream alone
             token_mask = auto_mask(model, x_src, grid, source_prompt, target_prompt, mask_gen).to(model.device)
         req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
-                          mask=token_mask, subjects=[_subject_tokens(model, s, grid, work, mask_rule) for s in subjects])
+                          mask=token_mask, subjects=[_subject_tokens(model, s, grid, work, mask_rule) for s in subjects],
+                          cache=cache)
         latents = m.run(model, req, p, gen)
         out = to_pil(model.decode(latents, grid))
     if model.device.type == "cuda":

@@ -374,6 +374,23 @@ def vital_layers_cmd(
     typer.echo(f"vital layers: {', '.join(vital)}; wrote {out}", err=True)
 
 
+@app.command("ui")
+def ui_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(7860, "--port", help="Port to serve on."),
+) -> None:
+    """Edit in the browser: a Gradio app (needs `pip install "editflow[ui]"`)."""
+    _quiet_libraries()
+    try:
+        from .ui.app import launch
+
+        typer.echo(f"editflow UI on http://{host}:{port} (Ctrl+C stops it)", err=True)
+        launch(model, host=host, port=port, block=True)
+    except EditflowError as exc:
+        _fail(str(exc))
+
+
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Benchmarks: run methods over a dataset (resumable, multi-process), report.")
 app.add_typer(bench_app, name="bench")

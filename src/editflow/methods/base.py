@@ -33,6 +33,7 @@ class EditRequest:
     mask: torch.Tensor | None = None  # [1, N] token mask where a method takes one
     subjects: list["SubjectTokens"] = field(default_factory=list)  # extra references (multi-subject)
     stats: dict = field(default_factory=dict)
+    cache: Any = None  # an editflow.methods.cache.InversionCache, for methods that can reuse an inversion
 
 
 @dataclass

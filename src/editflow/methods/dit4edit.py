@@ -42,6 +42,7 @@ from ..errors import ParameterError
 from ..models.base import NFE, Cond, FlowModel
 from ..solvers import SOLVERS, get_solver, inversion_times
 from .base import EditRequest, MethodParams, register
+from .cache import inverted
 
 PAPER = "Feng et al., DiT4Edit: Diffusion Transformer for Image Editing, arXiv 2411.03286 (AAAI 2025)"
 
@@ -90,8 +91,10 @@ def dit4edit(model: FlowModel, req: EditRequest, p: DiT4EditParams, generator: t
     solve = get_solver("dpmpp_2m")
     ts = model.schedule(p.steps, req.grid)
     src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
-    z1 = solve(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
-               req.x_src.float(), inversion_times(ts))
+    z1 = inverted(model, req, "dit4edit",
+                  lambda: solve(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
+                                req.x_src.float(), inversion_times(ts)),
+                  steps=p.steps, guidance=p.source_guidance)
     names = model.attention_layers()
     layers = set(names[round(p.layers_from * len(names)):])
     t_switch = float(ts[p.query_steps]) if p.query_steps < p.steps else -1.0

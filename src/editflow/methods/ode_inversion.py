@@ -30,6 +30,7 @@ from ..errors import ParameterError
 from ..models.base import NFE, FlowModel
 from ..solvers import get_solver, inversion_times
 from .base import EditRequest, MethodParams, register
+from .cache import inverted
 
 PAPER = "baseline: ODE inversion and regeneration (e.g. Kulikov et al. 2024, Sec. 3; Rout et al. 2024, Sec. 3)"
 
@@ -71,6 +72,8 @@ def ode_inversion(model: FlowModel, req: EditRequest, p: ODEInversionParams, gen
     solve = get_solver(p.solver)
     ts = model.schedule(p.steps, req.grid)[p.skip :]
     src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
-    z1 = solve(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
-               req.x_src.float(), inversion_times(ts))
+    z1 = inverted(model, req, "ode_inversion",
+                  lambda: solve(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
+                                req.x_src.float(), inversion_times(ts)),
+                  steps=p.steps, skip=p.skip, guidance=p.source_guidance, solver=p.solver)
     return solve(lambda z, t: model.velocity(z, t, tar, req.grid, guidance=p.target_guidance), z1, ts)

@@ -41,6 +41,7 @@ from ..models.base import NFE, FlowModel
 from ..solvers import euler, inversion_times
 from ..solvers.controlled import controlled_reverse, toward_noise
 from .base import EditRequest, MethodParams, register
+from .cache import inverted
 
 PAPER = ("Rout et al., Semantic Image Inversion and Editing using Rectified Stochastic Differential "
          "Equations, arXiv 2410.10792 (ICLR 2025)")
@@ -115,4 +116,6 @@ def edit_from(model: FlowModel, req: EditRequest, p: RFInversionParams, z1: torc
 def rf_inversion(model: FlowModel, req: EditRequest, p: RFInversionParams, generator: torch.Generator) -> torch.Tensor:
     """Controlled ODE inversion towards fixed noise, controlled ODE/SDE editing towards the source."""
     y1 = model.noise(req.grid, generator).float()
-    return edit_from(model, req, p, invert(model, req, p, y1), generator)
+    z1 = inverted(model, req, "rf_inversion", lambda: invert(model, req, p, y1), steps=p.steps, gamma=p.gamma,
+                  use_source_prompt=p.use_source_prompt, guidance=p.source_guidance, y1=y1)
+    return edit_from(model, req, p, z1, generator)

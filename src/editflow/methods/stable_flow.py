@@ -37,6 +37,7 @@ from ..models.base import NFE, Cond, FlowModel
 from ..solvers import euler, inversion_times
 from ..vital_layers import FLUX_DEV_VITAL
 from .base import EditRequest, MethodParams, register
+from .cache import inverted
 
 PAPER = "Avrahami et al., Stable Flow: Vital Layers for Training-Free Image Editing, arXiv 2411.14430 (CVPR 2025)"
 
@@ -90,10 +91,15 @@ def stable_flow(model: FlowModel, req: EditRequest, p: StableFlowParams, generat
     layers = vital_layers(model, p)
     ts = model.schedule(p.steps, req.grid)
     src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
-    trajectory: list[torch.Tensor] = []
-    z1 = euler(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
-               p.nudge * req.x_src.float(), inversion_times(ts), callback=lambda i, t, z: trajectory.append(z))
-    trajectory.append(z1)  # trajectory[j] is the latent at inversion time ts[T - j]
+
+    def invert() -> list[torch.Tensor]:
+        path: list[torch.Tensor] = []
+        z1 = euler(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance),
+                   p.nudge * req.x_src.float(), inversion_times(ts), callback=lambda i, t, z: path.append(z))
+        return path + [z1]  # path[j] is the latent at inversion time ts[T - j]
+
+    trajectory = inverted(model, req, "stable_flow", invert, steps=p.steps, nudge=p.nudge, guidance=p.source_guidance)
+    z1 = trajectory[-1]
     control = MutualAttention(layers, t_switch=2.0)  # t never exceeds 2: the queries stay the target's
     pair, guidance = Cond.cat([src, tar]), [p.source_guidance, p.target_guidance]
     z = z1

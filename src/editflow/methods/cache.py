@@ -1,0 +1,70 @@
+"""An inversion cache: re-editing the same image with a new target prompt skips the inversion.
+
+Methods whose inversion does not depend on the target prompt (ode_inversion, rf_inversion,
+dit4edit, stable_flow) compute it through :func:`inverted`; when the request carries an
+:class:`InversionCache`, the result is looked up by everything it depends on: the model, the
+method, the clean source tokens (hashed), the source prompt and the method's inversion parameters
+(and, for RF-Inversion, its target noise). A hit costs no model call and sets
+``stats["inversion_cached"] = True``. Cached values are kept as computed (on the model's device);
+a cache holds ``size`` entries, least recently used first out.
+
+>>> cache = editflow.InversionCache()
+>>> a = editflow.edit(model, "cat.png", "a cat", "a dog", method="ode_inversion", cache=cache)
+>>> b = editflow.edit(model, "cat.png", "a cat", "a fox", method="ode_inversion", cache=cache)
+>>> b.stats["inversion_cached"], b.nfe.calls < a.nfe.calls
+(True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any, Callable
+
+import torch
+
+
+def digest(x: torch.Tensor) -> str:
+    """A content hash of a tensor (dtype, shape and bytes)."""
+    t = x.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class InversionCache:
+    def __init__(self, size: int = 8):
+        self.size = size
+        self.entries: OrderedDict[tuple, Any] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get_or_compute(self, key: tuple, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return self.entries[key], True
+        value = compute()
+        self.misses += 1
+        self.entries[key] = value
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value, False
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+def inverted(model, req, method: str, compute: Callable[[], Any], **depends) -> Any:
+    """``compute()`` (the method's inversion), through ``req.cache`` when it has one; ``depends``:
+    the parameters the inversion depends on besides model, image and source prompt."""
+    cache = getattr(req, "cache", None)
+    if cache is None:
+        return compute()
+    parts = tuple(sorted((k, digest(v) if isinstance(v, torch.Tensor) else v) for k, v in depends.items()))
+    key = (getattr(model, "name", "?"), method, digest(req.x_src), req.grid, req.source_prompt, parts)
+    value, hit = cache.get_or_compute(key, compute)
+    req.stats["inversion_cached"] = hit
+    return value

@@ -1,0 +1,115 @@
+"""What the UI needs that is not Gradio: one control per method parameter, mask and upload checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import EditflowError
+from ..methods.base import METHODS, MethodParams, coerce_value
+
+MAX_UPLOAD_MB = 10
+MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class Control:
+    """One parameter of a method: ``kind`` is "int", "float", "bool" or "text" (strings and
+    optional values, typed as text and parsed like ``--set``)."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+
+
+def field_help(params: type[MethodParams]) -> dict[str, str]:
+    """One-line help per field from the params docstring's ``name: text.`` (also ``a / b: text.``
+    and ``a, b: text.``)."""
+    names = {f.name for f in dataclasses.fields(params)}
+    out: dict[str, str] = {}
+    head = r"\w+(?:(?: /|,) \w+)*"
+    for cls in params.__mro__:  # a subclass without its own docstring gets dataclass's signature text
+        doc = cls.__dict__.get("__doc__") or ""
+        if doc.startswith(cls.__name__ + "("):
+            continue
+        for match in re.finditer(rf"({head}): (.+?)(?= {head}: |$)", " ".join(doc.split())):
+            for name in re.split(r" / |, ", match.group(1)):
+                if name in names:
+                    out.setdefault(name, match.group(2).strip())
+    return out
+
+
+def controls(method: str, family: str) -> list[Control]:
+    """The controls of ``method`` with its defaults for ``family`` (the paper's)."""
+    params = METHODS[method].params
+    params.for_family(family)  # the method runs on this family
+    # the family's values before resolve(): a derived default (None) stays empty, with its help
+    defaults = {f.name: f.default for f in dataclasses.fields(params)} | params.FAMILY_DEFAULTS.get(family, {})
+    hints = typing.get_type_hints(params)
+    helps = field_help(params)
+    out = []
+    for f in dataclasses.fields(params):
+        kind = hints[f.name]
+        optional = type(None) in typing.get_args(kind)
+        value = defaults[f.name]
+        name = "text" if optional or kind is str else {int: "int", float: "float", bool: "bool"}.get(kind, "text")
+        out.append(Control(f.name, name, "" if value is None and name == "text" else value, helps.get(f.name, "")))
+    return out
+
+
+def overrides(method: str, family: str, values: list[Any]) -> dict[str, Any]:
+    """Parameter overrides from the controls' values (in :func:`controls` order): the ones that
+    differ from the defaults, parsed and checked like ``--set`` (bad values raise a
+    :class:`~editflow.errors.ParameterError` naming the parameter)."""
+    params = METHODS[method].params
+    out = {}
+    for c, value in zip(controls(method, family), values):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if c.kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)  # number boxes hand over floats
+        text = str(value).strip() if c.kind != "bool" else str(bool(value))
+        parsed = coerce_value(params, c.name, text)
+        if parsed != c.default:
+            out[c.name] = parsed
+    params.for_family(family, **out)  # every value checked before the edit
+    return out
+
+
+def check_image(image: Any) -> np.ndarray:
+    """An uploaded image as RGB uint8 ``[H, W, 3]``, or an :class:`EditflowError` saying why not."""
+    if image is None:
+        raise EditflowError("upload an image first (or press 'shapes example')")
+    arr = np.asarray(image)
+    if arr.dtype == object or arr.ndim not in (2, 3) or arr.size == 0:
+        raise EditflowError("the upload is not an image: use a PNG, JPEG or WebP file")
+    if max(arr.shape[:2]) > MAX_SIDE:
+        raise EditflowError(f"the image is {arr.shape[1]}x{arr.shape[0]}: at most {MAX_SIDE} pixels a side")
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, -1)
+    if arr.shape[2] == 4:  # RGBA: composite on white
+        alpha = arr[..., 3:4].astype(np.float32) / 255.0
+        arr = arr[..., :3] * alpha + 255.0 * (1 - alpha)
+    return np.clip(arr[..., :3], 0, 255).astype(np.uint8)
+
+
+def editor_parts(value: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image and the painted mask (union of the non-transparent pixels of every layer, or
+    None when nothing is painted) of an image-editor value ``{"background", "layers", ...}``."""
+    if not isinstance(value, dict):
+        return check_image(value), None
+    image = check_image(value.get("background"))
+    mask = np.zeros(image.shape[:2], bool)
+    for layer in value.get("layers") or []:
+        layer = np.asarray(layer)
+        if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == mask.shape:
+            mask |= layer[..., 3] > 0
+        elif layer.ndim == 3 and layer.shape[:2] == mask.shape:
+            mask |= layer.max(axis=2) > 0
+    return image, (mask if mask.any() else None)

@@ -1,0 +1,184 @@
+"""The browser UI: its controls and checks (no browser), and an end-to-end run in headless
+Chromium (Debian's chromium + chromedriver through Selenium; installed here when missing)."""
+
+import io
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import editflow
+from editflow.errors import EditflowError, ParameterError
+from editflow.methods import METHODS
+from editflow.ui import controls as ctl
+
+
+def test_every_parameter_has_a_control_with_the_papers_default_and_help():
+    for family in ("flux", "sd3", "unet"):
+        for name, m in METHODS.items():
+            if family not in m.params.FAMILIES:
+                continue
+            resolved = m.params.for_family(family)
+            for c in ctl.controls(name, family):
+                assert c.help, (name, c.name)
+                if c.default == "":  # derived defaults (None) stay empty: the method resolves them
+                    assert "None" in c.help, (name, c.name)
+                else:
+                    assert c.default == getattr(resolved, c.name), (name, c.name)
+    values = [c.default for c in ctl.controls("flowedit", "flux")]
+    assert ctl.overrides("flowedit", "flux", values) == {}
+    values[0] = 12.0  # a number box gives floats
+    assert ctl.overrides("flowedit", "flux", values) == {"steps": 12}
+    with pytest.raises(ParameterError, match="'n_max'"):
+        ctl.overrides("flowedit", "flux", [28, "lots", 0, 1, 1.5, 5.5])
+    with pytest.raises(ParameterError, match="n_max"):
+        ctl.overrides("flowedit", "flux", [10, "24", 0, 1, 1.5, 5.5])  # n_max > steps, caught before the edit
+
+
+def test_editor_values_give_image_and_mask_and_bad_uploads_a_message():
+    image = np.full((40, 50, 3), 120, np.uint8)
+    layer = np.zeros((40, 50, 4), np.uint8)
+    layer[5:10, 5:20, 3] = 255
+    got, mask = ctl.editor_parts({"background": image, "layers": [layer], "composite": image})
+    assert np.array_equal(got, image) and mask.sum() == 5 * 15 and mask[5:10, 5:20].all()
+    assert ctl.editor_parts({"background": image, "layers": [np.zeros_like(layer)]})[1] is None
+    rgba = np.concatenate([image, np.zeros((40, 50, 1), np.uint8)], -1)
+    assert (ctl.check_image(rgba) == 255).all()  # transparent pixels on white
+    with pytest.raises(EditflowError, match="upload an image first"):
+        ctl.editor_parts({"background": None, "layers": []})
+    with pytest.raises(EditflowError, match="not an image"):
+        ctl.check_image(np.array(["not", "pixels"], dtype=object))
+    with pytest.raises(EditflowError, match="at most 4096"):
+        ctl.check_image(np.zeros((10, 5000, 3), np.uint8))
+
+
+# -- end to end in a real browser ------------------------------------------------------------------
+
+
+def _ensure_browser() -> tuple[str, str]:
+    """Debian's chromium and chromedriver, and the Python packages (installed when missing)."""
+    for module, package in (("selenium", "selenium"), ("gradio", "gradio>=5")):
+        try:
+            __import__(module)
+        except ImportError:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", package], check=True)
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        apt = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(apt, check=True, capture_output=True, env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver, "chromium / chromedriver could not be installed"
+    return browser, driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser_app(tmp_path_factory):
+    browser, driver_path = _ensure_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from editflow.ui.app import launch
+
+    port = _free_port()
+    app = launch("shapes", port=port, block=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1500"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        yield driver, f"http://127.0.0.1:{port}/"
+    finally:
+        driver.quit()
+        app.close()
+
+
+def _result(driver, wait, previous: str | None) -> tuple[np.ndarray, str]:
+    from selenium.webdriver.common.by import By
+
+    def ready(d):
+        imgs = d.find_elements(By.CSS_SELECTOR, "#result img")
+        src = imgs[0].get_attribute("src") if imgs else None
+        return src if src and src != previous else False
+
+    src = wait.until(ready)
+    return np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(src).read())).convert("RGB")), src
+
+
+def _seconds(driver) -> float:
+    from selenium.webdriver.common.by import By
+
+    return float(re.search(r"([\d.]+) s", driver.find_element(By.CSS_SELECTOR, "#info").text).group(1))
+
+
+def test_edit_in_a_real_browser(browser_app, tmp_path):
+    """Upload a shapes image, type prompts, FlowEdit on the shapes model, the result appears and
+    differs from the source; then ODE inversion twice with two targets: the second reuses the
+    inversion and takes less time. EDITFLOW_UI_SCREENSHOTS=DIR keeps before/after screenshots."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from editflow.ui.app import shapes_example
+
+    driver, url = browser_app
+    image, source, target = shapes_example(3)
+    Image.fromarray(image).save(tmp_path / "source.png")
+    shots = os.environ.get("EDITFLOW_UI_SCREENSHOTS")
+    driver.get(url)
+    wait = WebDriverWait(driver, 120)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source input[type=file]"))
+    driver.find_element(By.CSS_SELECTOR, "#source input[type=file]").send_keys(str(tmp_path / "source.png"))
+    driver.find_element(By.CSS_SELECTOR, "#source-prompt textarea").send_keys(source)
+    driver.find_element(By.CSS_SELECTOR, "#target-prompt textarea").send_keys(target)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source canvas"))
+    time.sleep(1.0)  # the editor finishes loading the upload
+    if shots:
+        driver.save_screenshot(os.path.join(shots, "ui-before.png"))
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    edited, src = _result(driver, wait, None)
+    shown = np.asarray(Image.fromarray(image).resize(edited.shape[1::-1], Image.LANCZOS))  # the page enlarges
+    assert np.abs(edited.astype(int) - shown.astype(int)).mean() > 1.0  # the edit changed the image
+    download = driver.find_element(By.CSS_SELECTOR, "#download a").get_attribute("href")
+    true_size = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(download).read())).convert("RGB"))
+    assert true_size.shape == image.shape and np.abs(true_size.astype(int) - image.astype(int)).mean() > 1.0
+    assert "flowedit on shapes: 24 model calls" in driver.find_element(By.CSS_SELECTOR, "#info").text
+    if shots:
+        driver.execute_script("window.scrollTo(0, 0)")
+        driver.save_screenshot(os.path.join(shots, "ui-after.png"))
+
+    box = driver.find_element(By.CSS_SELECTOR, "#method input")
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys("ode_inversion", Keys.ENTER)
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    _, src = _result(driver, wait, src)
+    wait.until(lambda d: "ode_inversion" in d.find_element(By.CSS_SELECTOR, "#info").text)
+    first = _seconds(driver)
+    assert "inversion computed and cached" in driver.find_element(By.CSS_SELECTOR, "#info").text
+    field = driver.find_element(By.CSS_SELECTOR, "#target-prompt textarea")
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(target.replace(" on a ", " and nothing else, on a ", 1))
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    _result(driver, wait, src)
+    wait.until(lambda d: "reused" in d.find_element(By.CSS_SELECTOR, "#info").text)
+    second = _seconds(driver)
+    print(f"ode_inversion in the browser: first edit {first:.2f} s, re-edit with the cached inversion {second:.2f} s")
+    assert second < 0.8 * first
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#history img")) >= 3  # the session's history
