@@ -26,6 +26,7 @@ EXAMPLE_SEEDS = itertools.count()
 
 
 def _import_gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
     try:
         import gradio as gr
     except ImportError:
