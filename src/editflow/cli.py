@@ -79,6 +79,10 @@ def edit_cmd(
         "(repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 or float16."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the transformer (pays off on long runs)."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload",
+                                     help="Keep the model in CPU memory, moving each part to the GPU when used."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="Attention backend: flash, efficient, math or cudnn."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
 ) -> None:
     """Edit IMAGE from the --source prompt towards the --target prompt."""
@@ -112,7 +116,10 @@ def edit_cmd(
         from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
 
         name = model or DEFAULT_MODEL
-        adapter = load_model(name, dtype=dtype, device=device, family=family)
+        backend = attention_backend(attention)  # a bad name fails before the model loads
+        adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload)
+        if compile_model:
+            adapter.denoiser.compile()
         m.params.for_family(adapter.family, **overrides)  # fail on bad values before the work
         if not quiet:
             if name in NOISE_MODELS:
@@ -127,8 +134,9 @@ def edit_cmd(
                     err=True,
                 )
         logging.getLogger("editflow").setLevel(logging.ERROR)
-        result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
-                      mask=None if mask is None else str(mask), subjects=subjects, **overrides)  # "auto" passes
+        with backend:
+            result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
+                          mask=None if mask is None else str(mask), subjects=subjects, **overrides)  # "auto" passes
         save_image(result.image, output)
         if compare is not None:
             save_image(side_by_side([pil, result.image]), compare)
@@ -141,6 +149,21 @@ def edit_cmd(
             + (f"; before|after: {compare}" if compare else ""),
             err=True,
         )
+
+
+def attention_backend(name: str | None):
+    """A context that restricts scaled-dot-product attention to one backend (None: torch chooses)."""
+    import contextlib
+
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    if name not in backends:
+        raise EditflowError(f"unknown attention backend {name!r}: use one of {', '.join(backends)}")
+    return sdpa_kernel(backends[name])
 
 
 def _check_family_early(method, model: str | None) -> None:

@@ -137,11 +137,10 @@ class FluxAdapter(LatentTokenAdapter):
         if z.shape[1] != img_ids.shape[0]:
             raise EditflowError(f"latent has {z.shape[1]} tokens but the grid/token list has {img_ids.shape[0]}")
         cond = cond.expand(b)
-        timestep = torch.as_tensor(t, dtype=torch.float32).reshape(-1).expand(b).to(self.device, self.dtype)
+        timestep = self.row_values(t, b, self.dtype)
         g = None
         if self.guidance_distilled:
-            gval = self.default_guidance if guidance is None else guidance
-            g = torch.as_tensor(gval, dtype=torch.float32).reshape(-1).expand(b).to(self.device)
+            g = self.row_values(self.default_guidance if guidance is None else guidance, b)
         kwargs = dict(
             hidden_states=z.to(self.device, self.dtype),
             timestep=timestep,

@@ -73,6 +73,23 @@ class LatentTokenAdapter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dtype={self.dtype}, device={self.device})"
 
+    # -- per-row values without host-device syncs -------------------------------------------
+    def row_values(self, value, rows: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``value`` (a number, one per row, or a tensor) as ``[rows]`` on the model's device.
+        A number is filled on the device; a list is copied once and kept (the step loop calls with
+        the same guidance list every step), so the loop issues no blocking host-to-device copy."""
+        if isinstance(value, torch.Tensor) and value.device == self.device:
+            return value.to(dtype).reshape(-1).expand(rows)
+        if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            return torch.full((rows,), float(value), device=self.device, dtype=dtype)
+        key = (tuple(float(v) for v in torch.as_tensor(value).reshape(-1).tolist()), rows, dtype)
+        cache = self.__dict__.setdefault("_row_value_cache", {})
+        if key not in cache:
+            if len(cache) > 256:
+                cache.clear()
+            cache[key] = torch.tensor(key[0], dtype=dtype).expand(rows).to(self.device)
+        return cache[key]
+
     # -- geometry -----------------------------------------------------------------------------
     def grid(self, height: int, width: int) -> TokenGrid:
         m = self.pixel_multiple
@@ -215,10 +232,11 @@ def cfg_inputs(cond: Cond, g: torch.Tensor) -> tuple[bool, Cond]:
 
 
 def cfg_combine(out: torch.Tensor, g: torch.Tensor, cfg: bool) -> torch.Tensor:
-    """``u + g (c - u)`` per row where ``g > 1``, the conditional output ``c`` elsewhere (float32)."""
+    """``u + g (c - u)`` per row where ``g > 1``, the conditional output ``c`` elsewhere (float32;
+    ``g`` on the output's device: :meth:`LatentTokenAdapter.row_values`)."""
     out = out.float()
     if not cfg:
         return out
     u, c = out.chunk(2)
-    g = g.to(out.device).view(-1, *([1] * (out.dim() - 1)))
+    g = g.view(-1, *([1] * (out.dim() - 1)))
     return torch.where(g > 1, u + g * (c - u), c)

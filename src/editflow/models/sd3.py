@@ -96,8 +96,8 @@ class SD3Adapter(LatentTokenAdapter):
         cfg, batch = cfg_inputs(cond.expand(b), g)
         x = self.unpack(z, grid).to(self.device, self.dtype)
         x = torch.cat([x, x]) if cfg else x
-        timestep = (torch.as_tensor(t, dtype=torch.float32).reshape(-1) * 1000).expand(x.shape[0])
-        kwargs = dict(hidden_states=x, timestep=timestep.to(self.device, self.dtype),
+        timestep = self.row_values(t, x.shape[0]) * 1000
+        kwargs = dict(hidden_states=x, timestep=timestep.to(self.dtype),
                       encoder_hidden_states=batch.embeds, pooled_projections=batch.pooled, return_dict=False)
         if control is None:
             out = self.transformer(**kwargs)[0]
@@ -109,4 +109,4 @@ class SD3Adapter(LatentTokenAdapter):
             with installed(self.transformer, control, info, halves=2 if cfg else 1):
                 out = self.transformer(**kwargs)[0]
         self.counter.record(x.shape[0])
-        return self.pack(cfg_combine(out, g, cfg))
+        return self.pack(cfg_combine(out, self.row_values(g, b), cfg))

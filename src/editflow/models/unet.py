@@ -77,8 +77,8 @@ class RectifiedUNetAdapter(LatentTokenAdapter):
         cfg, batch = cfg_inputs(cond.expand(b), g)
         x = self.unpack(z, grid).to(self.device, self.dtype)
         x = torch.cat([x, x]) if cfg else x
-        timestep = (torch.as_tensor(t, dtype=torch.float32).reshape(-1) * 1000).expand(x.shape[0])
-        out = self.unet(x, timestep.to(self.device, self.dtype), encoder_hidden_states=batch.embeds,
+        timestep = self.row_values(t, x.shape[0]) * 1000
+        out = self.unet(x, timestep.to(self.dtype), encoder_hidden_states=batch.embeds,
                         return_dict=False)[0]
         self.counter.record(x.shape[0])
-        return -self.pack(cfg_combine(out, g, cfg))
+        return -self.pack(cfg_combine(out, self.row_values(g, b), cfg))
