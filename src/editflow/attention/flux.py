@@ -45,6 +45,20 @@ def _rope(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
     return apply_rotary_emb(x, freqs, sequence_dim=1)
 
 
+def controlled_attention(control: AttentionControl, layer: str, info: CallInfo, q: torch.Tensor, k: torch.Tensor,
+                         v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` on ``[B, L, heads, d]`` with the control's hooks
+    around it (:meth:`AttentionControl.qkv` before, :meth:`AttentionControl.output` after) where
+    it wants ``layer``; shared by every family's processor."""
+    ctx = None
+    if control.wants(layer):
+        ctx = AttentionContext(control.phase, control.step, info.t, layer, info.n_text, info.grid, control.rows)
+        q, k, v, mask = control.qkv(ctx, q, k, v, mask)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask).transpose(1, 2)
+    return control.output(ctx, out) if ctx is not None else out
+
+
 def _project(attn, hidden: torch.Tensor, added: bool):
     if getattr(attn, "fused_projections", False):
         qkv = (attn.to_added_qkv if added else attn.to_qkv)(hidden)
@@ -73,17 +87,7 @@ class FluxControlProcessor:
         if image_rotary_emb is not None:
             q, k = _rope(q, image_rotary_emb), _rope(k, image_rotary_emb)
 
-        control = self.control
-        ctx = None
-        if control.wants(self.layer):
-            ctx = AttentionContext(control.phase, control.step, self.info.t, self.layer, self.info.n_text,
-                                   self.info.grid, control.rows)
-            q, k, v, attention_mask = control.qkv(ctx, q, k, v, attention_mask)
-
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=attention_mask).transpose(1, 2)
-        if ctx is not None:
-            out = control.output(ctx, out)
+        out = controlled_attention(self.control, self.layer, self.info, q, k, v, attention_mask)
         out = out.flatten(2, 3).to(q.dtype)
         if not double:
             return out

@@ -23,10 +23,9 @@ each layer twice).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .context import AttentionContext, AttentionControl
-from .flux import CallInfo, swapped
+from .context import AttentionControl
+from .flux import CallInfo, controlled_attention, swapped
 
 
 class SD3ControlProcessor:
@@ -34,17 +33,6 @@ class SD3ControlProcessor:
 
     def __init__(self, layer: str, control: AttentionControl, info: CallInfo, halves: int = 1):
         self.layer, self.control, self.info, self.halves = layer, control, info, halves
-
-    def _attend(self, q, k, v, mask):
-        """Attention of one batch (or CFG half) with the control's hooks."""
-        control, ctx = self.control, None
-        if control.wants(self.layer):
-            ctx = AttentionContext(control.phase, control.step, self.info.t, self.layer, self.info.n_text,
-                                   self.info.grid, control.rows)
-            q, k, v, mask = control.qkv(ctx, q, k, v, mask)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=mask).transpose(1, 2)
-        return control.output(ctx, out) if ctx is not None else out
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args, **kwargs):
@@ -63,11 +51,11 @@ class SD3ControlProcessor:
             if attn.norm_added_k is not None:
                 ek = attn.norm_added_k(ek)
             q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
+        attend = lambda *qkv: controlled_attention(self.control, self.layer, self.info, *qkv, attention_mask)  # noqa: E731
         if self.halves == 1:
-            out = self._attend(q, k, v, attention_mask)
+            out = attend(q, k, v)
         else:  # each CFG half is a whole controlled attention call of the method's rows
-            out = torch.cat([self._attend(*(x.chunk(self.halves)[h] for x in (q, k, v)), attention_mask)
-                             for h in range(self.halves)])
+            out = torch.cat([attend(*(x.chunk(self.halves)[h] for x in (q, k, v))) for h in range(self.halves)])
         out = out.flatten(2, 3).to(q.dtype)
         if not joint:
             return attn.to_out[1](attn.to_out[0](out))

@@ -90,6 +90,26 @@ class LatentTokenAdapter:
             cache[key] = torch.tensor(key[0], dtype=dtype).expand(rows).to(self.device)
         return cache[key]
 
+    # -- classifier-free guidance calls (SD3, UNets) --------------------------------------------
+    def _cfg_inputs(self, z, t, cond: Cond, grid: TokenGrid, guidance, control, tokens):
+        """Checks, then the network's inputs for ``z``'s rows: unpacked latents (twice under CFG:
+        [negative; prompt]), ``timestep = 1000 t``, the batch's conditioning, per-row guidance."""
+        self._check_control(control, tokens)
+        b = z.shape[0]
+        if z.shape[1] != grid.num_tokens:
+            raise EditflowError(f"latent has {z.shape[1]} tokens but the grid has {grid.num_tokens}")
+        g = guidance_per_row(guidance, self.default_guidance, b)
+        cfg, batch = cfg_inputs(cond.expand(b), g)
+        x = self.unpack(z, grid).to(self.device, self.dtype)
+        x = torch.cat([x, x]) if cfg else x
+        timestep = (self.row_values(t, x.shape[0]) * 1000).to(self.dtype)
+        return x, timestep, batch, g, cfg
+
+    def _cfg_output(self, out: torch.Tensor, g: torch.Tensor, cfg: bool) -> torch.Tensor:
+        """The guided velocity of the call as tokens (float32); the call is counted."""
+        self.counter.record(out.shape[0])
+        return self.pack(cfg_combine(out, self.row_values(g, g.shape[0]), cfg))
+
     # -- geometry -----------------------------------------------------------------------------
     def grid(self, height: int, width: int) -> TokenGrid:
         m = self.pixel_multiple

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import EditflowError
 from .base import Cond, TokenGrid, check_steps, resolution_mu
-from .latent import LatentTokenAdapter, cfg_combine, cfg_inputs, guidance_per_row
+from .latent import LatentTokenAdapter
 
 
 class SD3Adapter(LatentTokenAdapter):
@@ -88,16 +88,8 @@ class SD3Adapter(LatentTokenAdapter):
         """``v(z, t | cond)`` for every row of ``z`` in one transformer call (both CFG halves
         batched); ``guidance`` a scalar or one value per row (None: 7.0, the pipeline's).
         ``control`` hooks every joint-attention layer for this call. Returns float32 ``[B, N, C]``."""
-        self._check_control(control, tokens)
-        b = z.shape[0]
-        if z.shape[1] != grid.num_tokens:
-            raise EditflowError(f"latent has {z.shape[1]} tokens but the grid has {grid.num_tokens}")
-        g = guidance_per_row(guidance, self.default_guidance, b)
-        cfg, batch = cfg_inputs(cond.expand(b), g)
-        x = self.unpack(z, grid).to(self.device, self.dtype)
-        x = torch.cat([x, x]) if cfg else x
-        timestep = self.row_values(t, x.shape[0]) * 1000
-        kwargs = dict(hidden_states=x, timestep=timestep.to(self.dtype),
+        x, timestep, batch, g, cfg = self._cfg_inputs(z, t, cond, grid, guidance, control, tokens)
+        kwargs = dict(hidden_states=x, timestep=timestep,
                       encoder_hidden_states=batch.embeds, pooled_projections=batch.pooled, return_dict=False)
         if control is None:
             out = self.transformer(**kwargs)[0]
@@ -108,5 +100,4 @@ class SD3Adapter(LatentTokenAdapter):
             info = CallInfo(float(torch.as_tensor(t).reshape(-1)[0]), batch.embeds.shape[1], grid)
             with installed(self.transformer, control, info, halves=2 if cfg else 1):
                 out = self.transformer(**kwargs)[0]
-        self.counter.record(x.shape[0])
-        return self.pack(cfg_combine(out, self.row_values(g, b), cfg))
+        return self._cfg_output(out, g, cfg)

@@ -23,9 +23,8 @@ from typing import Sequence
 
 import torch
 
-from ..errors import EditflowError
 from .base import Cond, TokenGrid, check_steps
-from .latent import LatentTokenAdapter, cfg_combine, cfg_inputs, guidance_per_row
+from .latent import LatentTokenAdapter
 
 
 class RectifiedUNetAdapter(LatentTokenAdapter):
@@ -69,16 +68,7 @@ class RectifiedUNetAdapter(LatentTokenAdapter):
     ) -> torch.Tensor:
         """``v(z, t | cond)`` in editflow's convention, converted from InstaFlow's at the boundary
         (module docstring); one UNet call with both CFG halves. Returns float32 ``[B, N, C]``."""
-        self._check_control(control, tokens)
-        b = z.shape[0]
-        if z.shape[1] != grid.num_tokens:
-            raise EditflowError(f"latent has {z.shape[1]} tokens but the grid has {grid.num_tokens}")
-        g = guidance_per_row(guidance, self.default_guidance, b)
-        cfg, batch = cfg_inputs(cond.expand(b), g)
-        x = self.unpack(z, grid).to(self.device, self.dtype)
-        x = torch.cat([x, x]) if cfg else x
-        timestep = self.row_values(t, x.shape[0]) * 1000
-        out = self.unet(x, timestep.to(self.dtype), encoder_hidden_states=batch.embeds,
+        x, timestep, batch, g, cfg = self._cfg_inputs(z, t, cond, grid, guidance, control, tokens)
+        out = self.unet(x, timestep, encoder_hidden_states=batch.embeds,
                         return_dict=False)[0]
-        self.counter.record(x.shape[0])
-        return -self.pack(cfg_combine(out, self.row_values(g, b), cfg))
+        return -self._cfg_output(out, g, cfg)
