@@ -84,6 +84,9 @@ def progress_bar(model: FlowModel, total: int, desc: str, enabled: bool):
         yield
     finally:
         model.counter.listeners.remove(listener)
+        if bar.n < bar.total:  # fewer calls than the formula (a cached inversion): end the bar full
+            bar.total = bar.n
+            bar.refresh()
         bar.close()
 
 
