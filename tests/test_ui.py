@@ -42,6 +42,11 @@ def test_every_parameter_has_a_control_with_the_papers_default_and_help():
         ctl.overrides("flowedit", "flux", [10, "24", 0, 1, 1.5, 5.5])  # n_max > steps, caught before the edit
 
 
+def test_working_size_only_shrinks():
+    assert ctl.working_size(2200, 1100, 64) == (64, 32)
+    assert ctl.working_size(40, 50, 64) == (40, 50)
+
+
 def test_editor_values_give_image_and_mask_and_bad_uploads_a_message():
     image = np.full((40, 50, 3), 120, np.uint8)
     layer = np.zeros((40, 50, 4), np.uint8)
@@ -55,7 +60,7 @@ def test_editor_values_give_image_and_mask_and_bad_uploads_a_message():
         ctl.editor_parts({"background": None, "layers": []})
     with pytest.raises(EditflowError, match="not an image"):
         ctl.check_image(np.array(["not", "pixels"], dtype=object))
-    with pytest.raises(EditflowError, match="at most 4096"):
+    with pytest.raises(EditflowError, match="at most 4096 pixels a side"):
         ctl.check_image(np.zeros((10, 5000, 3), np.uint8))
 
 
@@ -182,3 +187,20 @@ def test_edit_in_a_real_browser(browser_app, tmp_path):
     print(f"ode_inversion in the browser: first edit {first:.2f} s, re-edit with the cached inversion {second:.2f} s")
     assert second < 0.8 * first
     assert len(driver.find_elements(By.CSS_SELECTOR, "#history img")) >= 3  # the session's history
+
+    # a larger image is edited at the model's working size, and the page says so
+    Image.fromarray(image).resize((128, 128), Image.NEAREST).save(tmp_path / "large.png")
+    driver.find_element(By.CSS_SELECTOR, "#source input[type=file]").send_keys(str(tmp_path / "large.png"))
+    time.sleep(1.0)
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    wait.until(lambda d: "resized from 128x128 to 64x64" in d.find_element(By.CSS_SELECTOR, "#info").text)
+    # an image over the size limit is refused with a message
+    Image.new("RGB", (5000, 40), (90, 90, 90)).save(tmp_path / "huge.png")
+    driver.get(url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source input[type=file]"))
+    driver.find_element(By.CSS_SELECTOR, "#source input[type=file]").send_keys(str(tmp_path / "huge.png"))
+    driver.find_element(By.CSS_SELECTOR, "#source-prompt textarea").send_keys(source)
+    driver.find_element(By.CSS_SELECTOR, "#target-prompt textarea").send_keys(target)
+    time.sleep(1.0)
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    wait.until(lambda d: "at most 4096 pixels a side" in d.find_element(By.TAG_NAME, "body").text)

@@ -4,8 +4,11 @@ download; re-edits of the same image reuse the cached inversion where the method
 
     editflow ui [--model NAME] [--host 127.0.0.1] [--port 7860]
 
-One edit runs at a time (Gradio's queue, concurrency 1); uploads above ``MAX_UPLOAD_MB`` and
-non-images are refused with a message; the server binds to 127.0.0.1 unless told otherwise.
+One edit runs at a time (Gradio's queue, concurrency 1); images over ``MAX_SIDE`` pixels a side
+and non-images are refused with a message (Gradio refuses uploads over ``MAX_UPLOAD_MB``); larger
+images are edited at the model's working size (``NATIVE_SIDE``: 64 px for the shapes model, 1024
+for FLUX and SD3, 512 for UNets), which the page states; the server binds to 127.0.0.1 unless
+told otherwise.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def build_app(model_name: str | None = None, model=None):
     family = model.family
     names = [n for n, m in METHODS.items() if family in m.params.FAMILIES]
     specs = {n: ctl.controls(n, family) for n in names}
+    side = ctl.NATIVE_SIDE.get(model.name, ctl.NATIVE_SIDE.get(family, 1024))
     out_dir = Path(tempfile.mkdtemp(prefix="editflow-ui-"))
     counter = itertools.count(1)
 
@@ -122,6 +126,12 @@ def build_app(model_name: str | None = None, model=None):
                    progress=gr.Progress(track_tqdm=True)):
             try:
                 image, mask = ctl.editor_parts(editor_value)
+                size = ctl.working_size(image.shape[1], image.shape[0], side)
+                resized = size != (image.shape[1], image.shape[0])
+                if resized:  # edit at the model's working size (the shapes model knows 64 px scenes)
+                    original = image.shape[1::-1]
+                    image = np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
+                    mask = None if mask is None else np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
                 if not src.strip() or not tar.strip():
                     raise EditflowError("type both prompts: the source describes the image, the target the result")
                 start = _offset(specs, names, name)
@@ -141,6 +151,8 @@ def build_app(model_name: str | None = None, model=None):
                     None: ""}[reused]
             text = (f"**{name}** on {model.name}: {r.nfe.calls} model calls ({r.nfe.rows} rows), "
                     f"{r.seconds:.2f} s{note}")
+            if resized:
+                text += f"; resized from {original[0]}x{original[1]} to {size[0]}x{size[1]}, {model.name}'s working size"
             path = _save_png(r.image, out_dir, f"edit-{next(counter):03d}")  # the download: true size
             shown = display(r.image)
             state_history = state_history + [(shown, f"{name}: {tar} ({r.seconds:.1f} s)")]

@@ -13,8 +13,15 @@ import numpy as np
 from ..errors import EditflowError
 from ..methods.base import METHODS, MethodParams, coerce_value
 
-MAX_UPLOAD_MB = 10
-MAX_SIDE = 4096
+MAX_UPLOAD_MB = 50  # Gradio refuses larger uploads outright
+MAX_SIDE = 4096  # larger images are refused with a message
+NATIVE_SIDE = {"shapes": 64, "flux": 1024, "sd3": 1024, "unet": 512}  # the UI's working size by model/family
+
+
+def working_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down so the longer side is at most ``side`` (never up)."""
+    scale = min(1.0, side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,8 @@ def check_image(image: Any) -> np.ndarray:
     if arr.dtype == object or arr.ndim not in (2, 3) or arr.size == 0:
         raise EditflowError("the upload is not an image: use a PNG, JPEG or WebP file")
     if max(arr.shape[:2]) > MAX_SIDE:
-        raise EditflowError(f"the image is {arr.shape[1]}x{arr.shape[0]}: at most {MAX_SIDE} pixels a side")
+        raise EditflowError(f"the image is {arr.shape[1]}x{arr.shape[0]} pixels: upload one of at most {MAX_SIDE} "
+                            "pixels a side")
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, -1)
     if arr.shape[2] == 4:  # RGBA: composite on white
