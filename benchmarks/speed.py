@@ -35,6 +35,7 @@ import editflow
 from editflow.methods import METHODS, EditRequest, get_method
 from editflow.cli import attention_backend
 from editflow.methods.cache import InversionCache
+from editflow.methods.rf_edit import shared_of
 
 FULL_METHODS = ["flowedit", "ode_inversion", "rf_inversion", "rf_edit", "fireflow", "dit4edit", "stable_flow",
                 "personalize_anything", "kv_edit"]
@@ -109,12 +110,12 @@ def store_at_flux_dev(model, name: str, p, measured: int | None, dtype_bytes: in
     if not measured:
         return None
     names = model.attention_layers()
-    n_single = sum(n.startswith("single.") for n in names)
+    flux_dev = [f"double.{i}" for i in range(FLUX_DEV_LAYERS["double"])]
+    flux_dev += [f"single.{j}" for j in range(FLUX_DEV_LAYERS["single"])]
     if name == "kv_edit":
-        ours, full = len(names), FLUX_DEV_LAYERS["double"] + FLUX_DEV_LAYERS["single"]
-    else:  # RF-Edit / FireFlow: single blocks j >= round(share_from * n_single)
-        first = lambda n: int(p.share_from * n + 0.5)  # noqa: E731
-        ours, full = n_single - first(n_single), FLUX_DEV_LAYERS["single"] - first(FLUX_DEV_LAYERS["single"])
+        ours, full = len(names), len(flux_dev)
+    else:  # RF-Edit / FireFlow: the single blocks they share
+        ours, full = len(shared_of(names, p.share_from)), len(shared_of(flux_dev, p.share_from))
     width = model.transformer.config.num_attention_heads * model.transformer.config.attention_head_dim
     return int(measured * full / max(ours, 1) * FLUX_DEV_LAYERS["width"] / width * 2 / dtype_bytes)
 

@@ -28,7 +28,7 @@ class SubjectConcat(AttentionControl):
             return q, k, v, mask
         ks, vs = [k], [v]
         for row in sorted(self.active):
-            idx = self.subjects[row].to(k.device) + ctx.n_text
+            idx = self.on_device((row, ctx.n_text), k.device, lambda: self.subjects[row] + ctx.n_text)
             ks.append(k[row, idx].expand(k.shape[0], -1, -1, -1))
             vs.append(v[row, idx].expand(v.shape[0], -1, -1, -1))
         return q, torch.cat(ks, dim=1), torch.cat(vs, dim=1), mask

@@ -52,6 +52,15 @@ class AttentionControl:
         self.phase = "edit"
         self.step: int | None = None
         self.rows: dict[str, list[int]] = {}
+        self._device_copies: dict = {}
+
+    def on_device(self, key, device, make):
+        """``make()`` (a tensor the control builds on the host, e.g. token indices), made once per
+        ``key`` and device and kept: layer calls then issue no host-to-device copy."""
+        key = (key, str(device))
+        if key not in self._device_copies:
+            self._device_copies[key] = make().to(device)
+        return self._device_copies[key]
 
     def wants(self, layer: str) -> bool:
         return True

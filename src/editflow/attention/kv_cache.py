@@ -38,29 +38,23 @@ class BackgroundKV(StepIntervalControl):
         self.inversion_mask = inversion_mask
         self.caching = True  # False: an inversion pass that only applies the mask (KV-Edit's replay)
         self.queries_seen: list[int] = []
-        self._on_device: dict = {}  # index tensors and masks, copied to the device once
-
-    def _cached(self, key, make):
-        if key not in self._on_device:
-            self._on_device[key] = make()
-        return self._on_device[key]
 
     def _mask(self, n_text: int, device) -> torch.Tensor:
         """Boolean ``[L, L]`` (True = may attend): text rows all; fg rows text+fg; bg rows text+bg."""
 
         def make():
-            is_fg = torch.cat([torch.zeros(n_text, dtype=torch.bool), self.fg]).to(device)
-            is_text = torch.cat([torch.ones(n_text, dtype=torch.bool), torch.zeros_like(self.fg)]).to(device)
+            is_fg = torch.cat([torch.zeros(n_text, dtype=torch.bool), self.fg])
+            is_text = torch.cat([torch.ones(n_text, dtype=torch.bool), torch.zeros_like(self.fg)])
             same = is_fg[:, None] == is_fg[None, :]
             return is_text[:, None] | is_text[None, :] | same
 
-        return self._cached(("mask", n_text, str(device)), make)
+        return self.on_device(("mask", n_text), device, make)
 
     def qkv(self, ctx: AttentionContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask):
         n = ctx.n_text
         if ctx.phase == "invert":
             if self.caching:
-                bg = self._cached(("bg", n, str(k.device)), lambda: self.bg_idx.to(k.device) + n)
+                bg = self.on_device(("bg", n), k.device, lambda: self.bg_idx + n)
                 self.store.put("invert", self.interval, ctx.layer, "k", k[:, bg])
                 self.store.put("invert", self.interval, ctx.layer, "v", v[:, bg])
             if self.inversion_mask:

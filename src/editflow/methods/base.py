@@ -123,10 +123,6 @@ def check_family(params: type[MethodParams], family: str) -> None:
     )
 
 
-def supports(method: str, family: str) -> bool:
-    return family in get_method(method).params.FAMILIES
-
-
 def _matches(kind, value) -> bool:
     args = typing.get_args(kind)
     if args:  # X | None

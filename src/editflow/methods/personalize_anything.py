@@ -167,10 +167,11 @@ def personalize_anything(model: FlowModel, req: EditRequest, p: PersonalizeParam
         t, t_next = float(ts[i]), float(ts[i + 1])
         ref_t = (1 - t) * x_ref + t * n_ref
         control.active = {k for k, r in enumerate(refs) if t <= r.tau}
-        z = z.clone()
-        for k, r in enumerate(refs):
-            if t > r.tau:
-                z[:, r.dst] = ref_t[k : k + 1, r.src]
+        pasting = [k for k in range(len(refs)) if k not in control.active]
+        if pasting:
+            z = z.clone()
+        for k in pasting:
+            z[:, refs[k].dst] = ref_t[k : k + 1, refs[k].src]
         v = model.velocity(torch.cat([ref_t, z]), t, cond, req.grid, guidance=p.guidance, control=control)
         z = z + (t_next - t) * v[-1:]
     return z

@@ -72,7 +72,12 @@ class ValueSharingParams(MethodParams):
 
 def shared_layers(model: FlowModel, share_from: float) -> set[str]:
     """Single-stream blocks ``j >= round(share_from * n_single)`` (FLUX.1: 20/38 -> 20..37)."""
-    single = [name for name in model.attention_layers() if name.startswith("single.")]
+    return shared_of(model.attention_layers(), share_from)
+
+
+def shared_of(layers: list[str], share_from: float) -> set[str]:
+    """:func:`shared_layers` for a list of layer names."""
+    single = [name for name in layers if name.startswith("single.")]
     first = math.floor(share_from * len(single) + 0.5)
     return set(single[first:])
 

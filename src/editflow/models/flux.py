@@ -129,7 +129,7 @@ class FluxAdapter(LatentTokenAdapter):
         which then keep their own positions (KV-Edit's foreground-only pass). Returns float32
         ``[B, N, C]``.
         """
-        self._check_control(control, None)
+        self._check_control(control)
         b = z.shape[0]
         img_ids = self.img_ids(grid)
         if tokens is not None:

@@ -59,6 +59,8 @@ class LatentTokenAdapter:
         self.latent_channels = int(self.vae.config.latent_channels)
         self.counter = CallCounter()
         self._prompt_cache: OrderedDict[str, Cond] = OrderedDict()
+        self._negative_prompt = ""
+        self._row_value_cache: dict[tuple, torch.Tensor] = {}
 
     # -- basic properties -------------------------------------------------------------------
     @property
@@ -83,7 +85,7 @@ class LatentTokenAdapter:
         if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
             return torch.full((rows,), float(value), device=self.device, dtype=dtype)
         key = (tuple(float(v) for v in torch.as_tensor(value).reshape(-1).tolist()), rows, dtype)
-        cache = self.__dict__.setdefault("_row_value_cache", {})
+        cache = self._row_value_cache
         if key not in cache:
             if len(cache) > 256:
                 cache.clear()
@@ -94,7 +96,9 @@ class LatentTokenAdapter:
     def _cfg_inputs(self, z, t, cond: Cond, grid: TokenGrid, guidance, control, tokens):
         """Checks, then the network's inputs for ``z``'s rows: unpacked latents (twice under CFG:
         [negative; prompt]), ``timestep = 1000 t``, the batch's conditioning, per-row guidance."""
-        self._check_control(control, tokens)
+        self._check_control(control)
+        if tokens is not None:
+            raise EditflowError(f"{self.name} ({self.family}) cannot run on a subset of tokens (FLUX only)")
         b = z.shape[0]
         if z.shape[1] != grid.num_tokens:
             raise EditflowError(f"latent has {z.shape[1]} tokens but the grid has {grid.num_tokens}")
@@ -163,18 +167,16 @@ class LatentTokenAdapter:
             return None
         return list(json.loads(path.read_text())["vital_layers"])
 
-    def _check_control(self, control, tokens) -> None:
+    def _check_control(self, control) -> None:
         if control is not None and not self._named_blocks():
             raise EditflowError(f"{self.name} ({self.family}) has no attention hook points: use a method that needs none")
-        if tokens is not None and self.family != "flux":
-            raise EditflowError(f"{self.name} ({self.family}) cannot run on a subset of tokens (FLUX only)")
 
     # -- text ---------------------------------------------------------------------------------
     @property
     def negative_prompt(self) -> str:
         """The negative prompt of classifier-free guidance (families with CFG); setting it drops
         the cached prompt encodings, which carry it."""
-        return getattr(self, "_negative_prompt", "")
+        return self._negative_prompt
 
     @negative_prompt.setter
     def negative_prompt(self, text: str) -> None:

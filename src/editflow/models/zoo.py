@@ -48,25 +48,15 @@ def _shapes() -> Any:
     return _load_hub_or_folder(str(SHAPES_DIR), torch.float32)
 
 
-def _tiny(guidance_embeds: bool) -> Callable[[], Any]:
-    def build():
-        from .tiny import build_tiny_flux
+def _tiny(builder: str, **kwargs) -> Callable[[], Any]:
+    """A builder of one of :mod:`editflow.models.tiny`'s offline pipelines (seed 0), imported when used."""
 
-        return build_tiny_flux(seed=0, guidance_embeds=guidance_embeds)
+    def build():
+        from . import tiny
+
+        return getattr(tiny, builder)(seed=0, **kwargs)
 
     return build
-
-
-def _tiny_sd3() -> Any:
-    from .tiny import build_tiny_sd3
-
-    return build_tiny_sd3(seed=0)
-
-
-def _tiny_unet() -> Any:
-    from .tiny import build_tiny_unet
-
-    return build_tiny_unet(seed=0)
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -83,20 +73,20 @@ ZOO: dict[str, ZooEntry] = {
             "tiny-flux",
             "flux",
             "built offline, random weights (seed 0), guidance-distilled like FLUX.1-dev; for tests: its output is noise",
-            builder=_tiny(True),
+            builder=_tiny("build_tiny_flux", guidance_embeds=True),
             dtype=torch.float32,
         ),
         ZooEntry(
             "tiny-flux-schnell",
             "flux",
             "as tiny-flux without the guidance embedding, like FLUX.1-schnell; output is noise",
-            builder=_tiny(False),
+            builder=_tiny("build_tiny_flux", guidance_embeds=False),
             dtype=torch.float32,
         ),
         ZooEntry("tiny-sd3", "sd3", "built offline, random weights: a StableDiffusion3Pipeline (2 CLIPs, T5, "
-                 "RMS qk-norm); for tests: its output is noise", builder=_tiny_sd3, dtype=torch.float32),
+                 "RMS qk-norm); for tests: its output is noise", builder=_tiny("build_tiny_sd3"), dtype=torch.float32),
         ZooEntry("tiny-unet", "unet", "built offline, random weights: a StableDiffusionPipeline read as a "
-                 "rectified-flow UNet like InstaFlow; for tests: its output is noise", builder=_tiny_unet,
+                 "rectified-flow UNet like InstaFlow; for tests: its output is noise", builder=_tiny("build_tiny_unet"),
                  dtype=torch.float32),
         ZooEntry("flux-dev", "flux", "FLUX.1-dev, guidance-distilled, 12B", hub_id="black-forest-labs/FLUX.1-dev"),
         ZooEntry(
@@ -107,14 +97,14 @@ ZOO: dict[str, ZooEntry] = {
             options={"max_sequence_length": 256},
         ),
         ZooEntry("sd3-medium", "sd3", "Stable Diffusion 3 medium, 2B, CFG (FlowEdit's SD3)",
-                 hub_id="stabilityai/stable-diffusion-3-medium-diffusers", dtype=torch.float16),
+                 hub_id="stabilityai/stable-diffusion-3-medium-diffusers"),
         ZooEntry("sd3.5-medium", "sd3", "Stable Diffusion 3.5 medium, 2.5B, CFG",
                  hub_id="stabilityai/stable-diffusion-3.5-medium"),
         ZooEntry("sd3.5-large", "sd3", "Stable Diffusion 3.5 large, 8B, CFG", hub_id="stabilityai/stable-diffusion-3.5-large"),
         ZooEntry("instaflow-2rf", "unet", "2-rectified flow from SD1.5 (InstaFlow's few-step model), CFG",
-                 hub_id="XCLiu/2_rectified_flow_from_sd_1_5", dtype=torch.float16),
+                 hub_id="XCLiu/2_rectified_flow_from_sd_1_5"),
         ZooEntry("instaflow", "unet", "InstaFlow 0.9B, one-step rectified flow from SD1.5",
-                 hub_id="XCLiu/instaflow_0_9B_from_sd_1_5", dtype=torch.float16),
+                 hub_id="XCLiu/instaflow_0_9B_from_sd_1_5"),
     ]
 }
 
@@ -149,6 +139,8 @@ def wrap_pipeline(pipe, name: str = "pipeline", family: str | None = None, **opt
     """Wrap an already-loaded diffusers pipeline in editflow's adapter for its family
     (``family``: "flux", "sd3" or "unet"; by default read from the pipeline class)."""
     cls = type(pipe).__name__
+    if family is not None and family not in FAMILY_ADAPTERS:
+        raise ModelNotAvailableError(f"unknown family {family!r}: use one of {', '.join(FAMILY_ADAPTERS)}")
     if family is None:
         if cls == "StableDiffusionPipeline":
             raise ModelNotAvailableError(
@@ -157,10 +149,7 @@ def wrap_pipeline(pipe, name: str = "pipeline", family: str | None = None, **opt
             )
         family = PIPELINE_FAMILIES.get(cls)
     if family not in FAMILY_ADAPTERS:
-        raise ModelNotAvailableError(
-            f"{name}: pipeline class {cls} (family {family}) is not supported; supported: "
-            f"{', '.join(sorted(PIPELINE_FAMILIES))}, and StableDiffusionPipeline with family='unet'"
-        )
+        raise _unsupported(name, cls)
     return FAMILY_ADAPTERS[family](pipe, name=name, **options)
 
 
@@ -271,9 +260,13 @@ def model_family(name_or_path: str) -> str:
     if cls == "StableDiffusionPipeline":
         return "unet"  # what editflow can run it as (a rectified-flow UNet)
     if cls not in PIPELINE_FAMILIES:
-        raise ModelNotAvailableError(f"{name_or_path}: pipeline class {cls} is not supported; supported: "
-                                     f"{', '.join(sorted(PIPELINE_FAMILIES))}, StableDiffusionPipeline (family unet)")
+        raise _unsupported(name_or_path, cls)
     return PIPELINE_FAMILIES[cls]
+
+
+def _unsupported(name: str, cls: str) -> ModelNotAvailableError:
+    return ModelNotAvailableError(f"{name}: pipeline class {cls} is not supported; supported: "
+                                  f"{', '.join(sorted(PIPELINE_FAMILIES))}, and StableDiffusionPipeline with family='unet'")
 
 
 def shapes_available() -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import EditflowError
+from ..images import save_image
 from ..methods.base import METHODS
 from . import controls as ctl
 
@@ -52,14 +53,6 @@ def display(image: Image.Image, side: int = 320) -> Image.Image:
     if scale <= 1:
         return image
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-
-
-def _save_png(image: Image.Image, folder: Path, stem: str) -> str:
-    path = folder / f"{stem}.png"
-    tmp = folder / f".{stem}.tmp.png"
-    image.save(tmp)
-    os.replace(tmp, path)  # never a half-written download
-    return str(path)
 
 
 def build_app(model_name: str | None = None, model=None):
@@ -153,7 +146,7 @@ def build_app(model_name: str | None = None, model=None):
                     f"{r.seconds:.2f} s{note}")
             if resized:
                 text += f"; resized from {original[0]}x{original[1]} to {size[0]}x{size[1]}, {model.name}'s working size"
-            path = _save_png(r.image, out_dir, f"edit-{next(counter):03d}")  # the download: true size
+            path = str(save_image(r.image, out_dir / f"edit-{next(counter):03d}.png"))  # the download: true size
             shown = display(r.image)
             state_history = state_history + [(shown, f"{name}: {tar} ({r.seconds:.1f} s)")]
             return ((display(Image.fromarray(image)), shown), shown, text, path, state_history, state_cache,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ def field_help(params: type[MethodParams]) -> dict[str, str]:
     return out
 
 
-def controls(method: str, family: str) -> list[Control]:
-    """The controls of ``method`` with its defaults for ``family`` (the paper's)."""
+@functools.lru_cache(maxsize=None)
+def controls(method: str, family: str) -> tuple[Control, ...]:
+    """The controls of ``method`` with its defaults for ``family`` (the paper's); built once."""
     params = METHODS[method].params
     params.for_family(family)  # the method runs on this family
     # the family's values before resolve(): a derived default (None) stays empty, with its help
@@ -67,7 +69,7 @@ def controls(method: str, family: str) -> list[Control]:
         value = defaults[f.name]
         name = "text" if optional or kind is str else {int: "int", float: "float", bool: "bool"}.get(kind, "text")
         out.append(Control(f.name, name, "" if value is None and name == "text" else value, helps.get(f.name, "")))
-    return out
+    return tuple(out)
 
 
 def overrides(method: str, family: str, values: list[Any]) -> dict[str, Any]:
