@@ -40,8 +40,7 @@ def _fake_run(root, rng):
     return rows
 
 
-def test_report_writes_table_csv_plots_and_grid(tmp_path):
-    pytest.importorskip("matplotlib")
+def test_report_writes_table_csv_plots_and_grid(tmp_path):  # matplotlib: a test extra
     rows = _fake_run(tmp_path, np.random.default_rng(0))
     summary = report(str(tmp_path))
     text = summary.read_text()
@@ -63,3 +62,13 @@ def test_report_writes_table_csv_plots_and_grid(tmp_path):
 def test_report_on_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(EditflowError, match="no results"):
         report(str(tmp_path))
+
+
+def test_an_edit_recorded_twice_counts_once(tmp_path):
+    rows = _fake_run(tmp_path, np.random.default_rng(0))
+    # an older runner, started twice on one folder, wrote every edit a second time into another shard
+    (tmp_path / "results.r1.jsonl").write_text("".join(json.dumps(dict(r, metrics={"psnr_bg": 0.0})) + "\n" for r in rows))
+    text = report(str(tmp_path)).read_text()
+    assert f": {len(rows)} edits" in text and "| flowedit | 10 |" in text
+    flow = [r["metrics"]["psnr_bg"] for r in rows if r["method"] == "flowedit"]
+    assert f"{np.mean(flow):.4g}" in text  # the first record of each key, not the duplicate's 0.0

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +68,7 @@ def test_killed_run_resumes_to_the_same_results_without_duplicates(edit_set, uni
     proc.wait()
     written = len(read_records(out))
     assert 2 <= written < 6, written  # it really was cut midway
+    assert (out / ".lock.r0").read_text().strip() == str(proc.pid)  # the killed run's lock file stays: no block
     with open(shard, "ab") as f:  # and a crash mid-write leaves a cut line
         f.write(b'{"key": "cut-in-the-mid')
     subprocess.run(_cmd(edit_set, out), check=True, env=_env(), timeout=300)
@@ -79,12 +79,12 @@ def test_killed_run_resumes_to_the_same_results_without_duplicates(edit_set, uni
     assert len(read_records(out)) == 6
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_two_processes_cover_every_item_once(edit_set, uninterrupted, tmp_path):
     out = tmp_path / "two"
     cmd = _cmd(edit_set, out)
-    subprocess.run(["torchrun", "--nproc_per_node", "2", *cmd[1:]], check=True, env=_env(), timeout=300,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # torchrun, as torch installs it (python -m torch.distributed.run: no reliance on PATH)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *cmd[1:]], check=True,
+                   env=_env(), timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = sorted(p.name for p in out.glob("results*.jsonl"))
     assert shards == ["results.r0.jsonl", "results.r1.jsonl"]
     rows = read_records(out)
@@ -102,3 +102,35 @@ def test_set_parsing():
         parse_sets(["inject=2"], ["flowedit"])
     with pytest.raises(EditflowError, match="expects int"):
         parse_sets(["flowedit.n_avg=two"], ["flowedit"])
+
+
+def test_read_records_counts_each_key_once_and_refuses_a_foreign_line(tmp_path):
+    first = {"key": "k1", "item": "a", "metrics": {"psnr": 1.0}}
+    again = dict(first, metrics={"psnr": 2.0})  # the same edit written twice by two old runs
+    (tmp_path / "results.r0.jsonl").write_text(json.dumps(first) + "\n" + json.dumps({"key": "k2"}) + "\n")
+    (tmp_path / "results.r1.jsonl").write_text(json.dumps(again) + "\n" + '{"key": "k3", "cut')
+    rows = read_records(tmp_path)
+    assert [r["key"] for r in rows] == ["k1", "k2"] and rows[0]["metrics"] == {"psnr": 1.0}
+    assert (tmp_path / "results.r1.jsonl").read_text().endswith("cut")  # only the given shard is repaired
+    read_records(tmp_path, repair=tmp_path / "results.r1.jsonl")
+    assert (tmp_path / "results.r1.jsonl").read_text() == json.dumps(again) + "\n"
+    (tmp_path / "results.r2.jsonl").write_text('["not", "a", "record"]\n')
+    with pytest.raises(EditflowError, match=r"results.r2.jsonl line 1 is not a bench record") as info:
+        read_records(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_append_record_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from editflow.bench import runner
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner.os, "fsync", no_space)
+    with pytest.raises(EditflowError) as info:
+        runner.append_record(tmp_path / "results.r0.jsonl", {"key": "k"})
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "results.r0.jsonl") in message
+    assert "disk is full" in message and "resumes" in message

@@ -86,7 +86,8 @@ def test_flowedit_yaml_reader_with_the_released_quirks(tmp_path):
         "  source_prompt: 'a parrot '\n  target_prompts:\n  - a crow\n"
     )
     records = read_flowedit(root / "flowedit.yaml")
-    assert [r.id for r in records] == ["cat/dog", "cat/tiger", "parrot/0"]
+    # ids: the image's path under the yaml's folder, without suffix, then the code
+    assert [r.id for r in records] == ["Images/cat/dog", "Images/cat/tiger", "Images/parrot/0"]
     assert records[1].target_prompt == "a tiger sitting on a sofa" and records[2].source_prompt == "a parrot"
     assert records[0].image == (root / "Images/cat.png").resolve() and records[0].mask is None
 

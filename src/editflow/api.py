@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import resource
 import sys
 import time
@@ -13,12 +14,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .errors import EditflowError
+from .errors import ParameterError
 from .images import as_image, fit_size, load_mask, to_pil, to_tensor
+from .limits import Limits
 from .methods import EditRequest, SubjectTokens, get_method
-from .models.base import NFE, Cond, FlowModel
+from .methods.cache import InversionCache
+from .models.base import NFE, FlowModel
 from .models.zoo import load_model
-from .solvers import euler
+from .sampling import generate, make_generator  # noqa: F401  (generate: part of the API)
 
 log = logging.getLogger("editflow")
 
@@ -60,15 +63,6 @@ class Subject:
     tau: float | None = None
 
 
-def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
-    """An explicit CPU generator (noise is drawn on the CPU, so results match across devices)."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        raise EditflowError("pass a seed (an int) or a torch.Generator: editflow never draws hidden randomness")
-    return torch.Generator("cpu").manual_seed(int(seed))
-
-
 @contextmanager
 def progress_bar(model: FlowModel, total: int, desc: str, enabled: bool):
     """A tqdm bar advanced by each transformer call of ``model``."""
@@ -96,19 +90,80 @@ def _peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def prepare_image(model: FlowModel, image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """Load and resize an image to the nearest size the model accepts.
+def prepare_image(model: FlowModel, image, limits: Limits | None = None
+                  ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """Load and resize an image to the nearest size the model accepts, within ``limits``.
 
     Returns the ``[1, 3, H, W]`` tensor, the original ``(width, height)`` and the working size.
     """
-    pil = as_image(image)
+    limits = limits or Limits.from_env()
+    pil = as_image(image, limits)
     size = pil.size
     work = fit_size(*size, model.pixel_multiple)
+    limits.check_working(*work, model.name)
     if work != size:
         log.warning("resizing %dx%d to %dx%d (multiples of %d for %s); the output is resized back",
                     *size, *work, model.pixel_multiple, model.name)
         pil = pil.resize(work, Image.LANCZOS)
     return to_tensor(pil), size, work
+
+
+MASK_RULES = ("any", "most", "all")
+
+
+def check_request(family: str, method: str, source_prompt: str, target_prompt: str, params: dict,
+                  seed=0, generator=None, mask=None, mask_rule: str = "any", subjects=None, cache=None,
+                  limits: Limits | None = None):
+    """Every check of :func:`edit` that needs neither pixels nor the model, only its ``family``:
+    the method and its parameters, seed or generator, prompts, mask rule, subjects, cache, and the work limits.
+
+    Returns ``(method, params, generator, limits)``; raises a one-line :class:`EditflowError`.
+    """
+    if limits is None:
+        limits = Limits.from_env()
+    elif not isinstance(limits, Limits):
+        raise ParameterError(f"limits must be an editflow.Limits, got {type(limits).__name__}")
+    if not isinstance(method, str):
+        raise ParameterError(f"method must be a name (str), got {type(method).__name__}")
+    m = get_method(method)
+    p = m.params.for_family(family, **params)
+    gen = make_generator(seed, generator)
+    limits.check_prompt(source_prompt, "source_prompt")
+    limits.check_prompt(target_prompt, "target_prompt")
+    if not isinstance(mask_rule, str) or mask_rule not in MASK_RULES:
+        raise ParameterError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
+    if isinstance(mask, str) and mask != "auto" and not mask.strip():
+        raise ParameterError("mask is an empty string: pass a file path, an image, an array or 'auto'")
+    if p.NEEDS_MASK and mask is None:
+        raise ParameterError(f"{method} needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
+    if cache is not None and not isinstance(cache, InversionCache):
+        raise ParameterError(f"cache must be an editflow.InversionCache or None, got {type(cache).__name__}")
+    if subjects is not None and not isinstance(subjects, (list, tuple)):
+        raise ParameterError(f"subjects must be a list of editflow.Subject, got {type(subjects).__name__}")
+    for subject in subjects or []:
+        if not isinstance(subject, Subject):
+            raise ParameterError(f"subjects must be editflow.Subject(image, mask, ...), got {type(subject).__name__}")
+        limits.check_prompt(subject.prompt, "a subject's prompt")
+        shift = subject.shift
+        if not (isinstance(shift, (tuple, list)) and len(shift) == 2
+                and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shift)):
+            raise ParameterError(f"a subject's shift must be (dx, dy) in whole tokens, got {shift!r}")
+        if subject.tau is not None and not (isinstance(subject.tau, numbers.Real) and 0.0 <= subject.tau <= 1.0):
+            raise ParameterError(f"a subject's tau must be a number in [0, 1] or None, got {subject.tau!r}")
+    if subjects and not p.TAKES_SUBJECTS:
+        raise ParameterError(f"{method} takes no extra subjects: drop subjects= or use personalize_anything")
+    check_work(family, m, p, limits, extra_calls=1 if isinstance(mask, str) and mask == "auto" else 0)
+    return m, p, gen, limits
+
+
+def check_work(family: str, m, p, limits: Limits, extra_calls: int = 0) -> None:
+    """``limits`` on method ``m``'s steps and NFE formula with params ``p`` on ``family``
+    (``extra_calls``: one-row calls besides the method's, e.g. the automatic mask's)."""
+    nfe = m.expected_nfe(p)
+    limits.check_work(p.steps, nfe.calls + extra_calls, nfe.rows + extra_calls, cfg=family in CFG_FAMILIES)
+
+
+CFG_FAMILIES = ("sd3", "unet")  # families whose calls evaluate each row twice (true classifier-free guidance)
 
 
 def edit(
@@ -124,6 +179,7 @@ def edit(
     mask_rule: str = "any",
     subjects: list[Subject] | None = None,
     cache=None,
+    limits: Limits | None = None,
     **params,
 ) -> EditResult:
     """Edit ``image`` from ``source_prompt`` towards ``target_prompt`` with ``method``.
@@ -135,11 +191,17 @@ def edit(
     ``subjects``: extra references (:class:`Subject`) for methods that take several
     (``personalize_anything``). ``cache``: an :class:`editflow.InversionCache`; methods whose
     inversion does not depend on the target prompt reuse it when the same image is edited again
-    (``stats["inversion_cached"]`` says whether they did).
+    (``stats["inversion_cached"]`` says whether they did). ``limits``: an
+    :class:`editflow.Limits` (default: :meth:`Limits.from_env`) bounding pixels, steps, rows and
+    model calls.
 
     ``model`` is an adapter from :func:`editflow.load_model` or a name for it; ``params`` override
     the method's defaults for the model's family (``editflow methods`` lists them). Images of any
-    size are resized to the nearest accepted size and the result is resized back.
+    size are resized to the nearest accepted size and the result is resized back. Images with
+    transparency are composited on white; EXIF orientation is applied; 16-bit images are scaled.
+
+    Every input is checked before any model computation; a bad one raises an
+    :class:`editflow.EditflowError` subclass with a one-line message.
 
     >>> model = editflow.load_model("tiny-flux")
     >>> out = editflow.edit(model, "cat.png", "a cat", "a dog", method="flowedit", seed=0, n_avg=2)
@@ -147,21 +209,23 @@ def edit(
     """
     if isinstance(model, str):
         model = load_model(model)
-    m = get_method(method)
-    p = m.params.for_family(model.family, **params)
-    if p.NEEDS_MASK and mask is None:
-        raise EditflowError(f"{method} needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
-    subjects = list(subjects or [])
-    if subjects and not p.TAKES_SUBJECTS:
-        raise EditflowError(f"{method} takes no extra subjects: drop subjects= or use personalize_anything")
-    gen = make_generator(seed, generator)
-    x, size, work = prepare_image(model, image)
+    elif not isinstance(model, FlowModel):
+        raise ParameterError(f"model must be an adapter from editflow.load_model or a model name, "
+                             f"got {type(model).__name__}")
+    if not isinstance(progress, bool):
+        raise ParameterError(f"progress must be True or False, got {progress!r}")
+    m, p, gen, limits = check_request(model.family, method, source_prompt, target_prompt, params, seed, generator, mask,
+                                      mask_rule, subjects, cache, limits)
+    x, size, work = prepare_image(model, image, limits)
     grid = model.grid(work[1], work[0])
 
     token_mask = None
     auto = isinstance(mask, str) and mask == "auto"
     if mask is not None and not auto:
-        token_mask = grid.mask_to_tokens(load_mask(mask, work), rule=mask_rule).to(model.device)
+        token_mask = grid.mask_to_tokens(load_mask(mask, work, limits), rule=mask_rule).to(model.device)
+        if p.NEEDS_MASK and not token_mask.any():
+            raise ParameterError(f"the mask selects nothing: paint the region {method} should edit white")
+    subject_tokens = [_subject_tokens(model, s, grid, work, mask_rule, limits) for s in subjects or []]
 
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
@@ -176,7 +240,8 @@ def edit(
             mask_gen = torch.Generator("cpu").manual_seed(gen.initial_seed() ^ 0x5EED)  # leaves gen's stream alone
             token_mask = auto_mask(model, x_src, grid, source_prompt, target_prompt, mask_gen).to(model.device)
         req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
-                          mask=token_mask, subjects=[_subject_tokens(model, s, grid, work, mask_rule) for s in subjects],
+                          mask=token_mask, subjects=[SubjectTokens(model.encode_image(x), *rest)
+                                                     for x, *rest in subject_tokens],
                           cache=cache)
         latents = m.run(model, req, p, gen)
         out = to_pil(model.decode(latents, grid))
@@ -190,38 +255,11 @@ def edit(
                       dict(req.stats))
 
 
-def _subject_tokens(model: FlowModel, subject: Subject, grid, work: tuple[int, int], mask_rule: str) -> SubjectTokens:
-    if not isinstance(subject, Subject):
-        raise EditflowError(f"subjects must be editflow.Subject(image, mask, ...), got {type(subject).__name__}")
-    pil = as_image(subject.image)
+def _subject_tokens(model: FlowModel, subject: Subject, grid, work: tuple[int, int], mask_rule: str, limits: Limits):
+    """A subject's pixels ``[1, 3, H, W]`` at the working size and its token mask, read and checked
+    before any model call (the caller encodes the pixels), then prompt, shift and tau."""
+    pil = as_image(subject.image, limits)
     if pil.size != work:
         pil = pil.resize(work, Image.LANCZOS)
-    mask = grid.mask_to_tokens(load_mask(subject.mask, work), rule=mask_rule).to(model.device)
-    return SubjectTokens(model.encode_image(to_tensor(pil)), mask, subject.prompt, tuple(subject.shift), subject.tau)
-
-
-@torch.no_grad()
-def generate(
-    model: FlowModel,
-    prompt: str,
-    height: int,
-    width: int,
-    steps: int = 28,
-    guidance: float | None = None,
-    seed: int | None = 0,
-    generator: torch.Generator | None = None,
-    latents: torch.Tensor | None = None,
-    output_type: str = "pil",
-):
-    """Text-to-image with the Euler sampler (FluxPipeline's own loop, in editflow's terms).
-
-    ``latents`` gives the initial noise tokens; otherwise they are drawn from ``seed`` exactly as
-    diffusers draws them. ``output_type="latent"`` returns the final tokens.
-    """
-    grid = model.grid(height, width)
-    z = latents if latents is not None else model.noise(grid, make_generator(seed, generator))
-    cond: Cond = model.encode_prompt(prompt)
-    z = euler(lambda x, t: model.velocity(x, t, cond, grid, guidance=guidance), z.float(), model.schedule(steps, grid))
-    if output_type == "latent":
-        return z
-    return to_pil(model.decode(z, grid))
+    mask = grid.mask_to_tokens(load_mask(subject.mask, work, limits), rule=mask_rule).to(model.device)
+    return to_tensor(pil), mask, subject.prompt, tuple(subject.shift), subject.tau

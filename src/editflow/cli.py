@@ -83,44 +83,54 @@ def edit_cmd(
     cpu_offload: bool = typer.Option(False, "--cpu-offload",
                                      help="Keep the model in CPU memory, moving each part to the GPU when used."),
     attention: Optional[str] = typer.Option(None, "--attention", help="Attention backend: flash, efficient, math or cudnn."),
+    limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE "
+                                              "(max_pixels, max_steps, max_nfe, ...; see the README)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
 ) -> None:
     """Edit IMAGE from the --source prompt towards the --target prompt."""
     _quiet_libraries()
     try:
         from .images import check_output_path, load_image, save_image, side_by_side
+        from .limits import Limits
 
         # Everything that can be checked before loading a model is checked first.
+        limits = Limits.from_env().updated(limit)
         check_output_path(output)
         if compare is not None:
             check_output_path(compare)
-        pil = load_image(image)
+        pil = load_image(image, limits)
+        limits.check_working(*pil.size, model or "the model")  # the exact working size is checked again
         if mask is not None and str(mask) != "auto":
             from .images import load_mask
 
-            load_mask(mask, pil.size)  # a missing or unreadable mask fails before the model loads
+            load_mask(mask, pil.size, limits)  # a missing or unreadable mask fails before the model loads
         from .methods import get_method
 
         m = get_method(method)
-        _check_family_early(m, model)
         if m.params.NEEDS_MASK and mask is None:
             raise EditflowError(f"{method} needs a mask of the region to edit: pass --mask PATH (white = edit)")
         overrides = _parse_sets(sets or [], m.params)
-        subjects = [_parse_subject(text) for text in subject or []]
+        subjects = [_parse_subject(text, limits) for text in subject or []]
         if subjects and not m.params.TAKES_SUBJECTS:
             raise EditflowError(f"{method} takes no --subject: use --method personalize_anything")
         if steps is not None:
             overrides["steps"] = steps
+        request = dict(method=method, source_prompt=source, target_prompt=target, params=overrides, seed=seed,
+                       mask=None if mask is None else str(mask), subjects=subjects, limits=limits)
 
-        from .api import edit
+        from .api import check_request, edit
         from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
 
+        known = _family_early(m, model)
+        if known is not None:
+            check_request(known, **request)  # parameters, seed, prompts and limits, before the model loads
         name = model or DEFAULT_MODEL
         backend = attention_backend(attention)  # a bad name fails before the model loads
-        adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload)
+        adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
+                             progress=not quiet)
         if compile_model:
             adapter.denoiser.compile()
-        m.params.for_family(adapter.family, **overrides)  # fail on bad values before the work
+        check_request(adapter.family, **request)  # hub ids: known only now; before the work either way
         if not quiet:
             if name in NOISE_MODELS:
                 typer.echo(f"note: {name} has random weights: its output is noise (it exists to test the code)", err=True)
@@ -136,7 +146,7 @@ def edit_cmd(
         logging.getLogger("editflow").setLevel(logging.ERROR)
         with backend:
             result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
-                          mask=None if mask is None else str(mask), subjects=subjects, **overrides)  # "auto" passes
+                          mask=request["mask"], subjects=subjects, limits=limits, **overrides)  # "auto" passes
         save_image(result.image, output)
         if compare is not None:
             save_image(side_by_side([pil, result.image]), compare)
@@ -166,20 +176,21 @@ def attention_backend(name: str | None):
     return sdpa_kernel(backends[name])
 
 
-def _check_family_early(method, model: str | None) -> None:
-    """Fail before loading anything when the method does not run on the model's family (known
-    from the zoo or the folder's model_index.json; hub ids are checked after loading)."""
+def _family_early(method, model: str | None) -> str | None:
+    """The model's family when it is known without loading (the zoo, or a folder's
+    model_index.json), after failing when the method does not run on it; None for hub ids."""
     from .methods.base import check_family
-    from .models.zoo import DEFAULT_MODEL, model_family
+    from .models.zoo import DEFAULT_MODEL, ZOO, model_family
 
-    try:
-        family = model_family(model or DEFAULT_MODEL)
-    except EditflowError:
-        return
+    name = model or DEFAULT_MODEL
+    if not Path(name).expanduser().exists() and name not in ZOO:
+        return None  # a hub id (or an unknown name, refused by load_model)
+    family = model_family(name)  # a corrupt model_index.json fails here, in one line
     check_family(method.params, family)
+    return family
 
 
-def _parse_subject(text: str):
+def _parse_subject(text: str, limits=None):
     """``IMAGE,MASK[,tau=T][,dx=N][,dy=N][,prompt=TEXT]`` -> :class:`editflow.Subject` (files read now,
     so a bad path fails before the model loads; ``prompt`` takes the rest of the text)."""
     from .api import Subject
@@ -189,8 +200,8 @@ def _parse_subject(text: str):
     parts = [x.strip() for x in head.split(",")]
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise EditflowError(f"--subject {text!r}: write IMAGE,MASK[,tau=T][,dx=N][,dy=N][,prompt=TEXT]")
-    image = load_image(Path(parts[0]))
-    load_mask(parts[1], image.size)
+    image = load_image(Path(parts[0]), limits)
+    load_mask(parts[1], image.size, limits)
     values = {"tau": None, "dx": 0, "dy": 0}
     for item in parts[2:]:
         key, _, value = item.partition("=")
@@ -367,10 +378,12 @@ def vital_layers_cmd(
     similarity_model: Optional[str] = typer.Option(None, "--similarity-model",
                                                    help="DINOv2 checkpoint folder or hub id (default facebook/dinov2-base)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ..."),
+    limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Stable Flow's vital-layer search: bypass each block, score the change, keep the vital ones."""
     _quiet_libraries()
+    from .limits import Limits, check_seed
     from .models.zoo import DEFAULT_MODEL, load_model
     from .vital_layers import select, similarity_function, vitality, write
 
@@ -381,10 +394,18 @@ def vital_layers_cmd(
             raise EditflowError(f"cannot read the prompts file {prompts}: {exc}") from None
         if not lines:
             raise EditflowError(f"{prompts} holds no prompt: write one per line")
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        try:
+            seed_list = [check_seed(int(s)) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise EditflowError(f"--seeds expects whole numbers separated by commas, got {seeds!r}") from None
+        limits = Limits.from_env().updated(limit)
+        for text in lines:
+            limits.check_prompt(text, f"a prompt of {prompts}")
         name = model or DEFAULT_MODEL
-        adapter = load_model(name, device=device)
         native = 64 if name == DEFAULT_MODEL else None
+        limits.check_working(size or native or 1024, size or native or 1024, name)
+        limits.check_work(steps, steps, steps)  # each generation; there are (layers + 1) x prompts x seeds
+        adapter = load_model(name, device=device, progress=not quiet)
         sim = similarity_function(similarity, similarity_model, device)
         scores = vitality(adapter, lines, seed_list, steps, size or native, similarity=sim,
                           progress=_progress(quiet, "layers"))
@@ -402,14 +423,17 @@ def ui_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
     port: int = typer.Option(7860, "--port", help="Port to serve on."),
+    limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE."),
 ) -> None:
     """Edit in the browser: a Gradio app (needs `pip install "editflow[ui]"`)."""
     _quiet_libraries()
     try:
+        from .limits import Limits
         from .ui.app import launch
 
+        limits = Limits.from_env().updated(limit)
         typer.echo(f"editflow UI on http://{host}:{port} (Ctrl+C stops it)", err=True)
-        launch(model, host=host, port=port, block=True)
+        launch(model, host=host, port=port, block=True, limits=limits)
     except EditflowError as exc:
         _fail(str(exc))
 
@@ -429,7 +453,8 @@ def bench_run_cmd(
     metrics: str = typer.Option("", "--metrics", help="Model metrics besides pixels/oracle: clip_t,clip_i,dino,..."),
     metric_models: Optional[List[str]] = typer.Option(None, "--metric-model", help="name=PATH of a metric checkpoint."),
     seed: int = typer.Option(0, "--seed", help="Base seed (item i uses seed + i)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items."),
+    limit: Optional[List[str]] = typer.Option(None, "--limit", help="N: only the first N items; NAME=VALUE: raise a "
+                                              "work limit on purpose, as for `edit` (repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -439,9 +464,19 @@ def bench_run_cmd(
     """
     _quiet_libraries()
     from .bench.runner import run
+    from .limits import Limits
     from .models.zoo import DEFAULT_MODEL
 
     try:
+        pairs = [v for v in limit or [] if "=" in v]
+        counts = [v for v in limit or [] if "=" not in v]
+        if len(counts) > 1:
+            raise EditflowError(f"--limit N is given {len(counts)} times ({', '.join(counts)}): give one item count")
+        try:
+            items = int(counts[0]) if counts else None
+        except ValueError:
+            raise EditflowError(f"--limit expects a number of items N or NAME=VALUE, got {counts[0]!r}") from None
+        limits = Limits.from_env().updated(pairs)
         paths = {}
         for pair in metric_models or []:
             if "=" not in pair:
@@ -450,7 +485,7 @@ def bench_run_cmd(
             paths[name.strip()] = path
         names = [m.strip() for m in methods.split(",") if m.strip()]
         shard = run(str(data), names, model or DEFAULT_MODEL, str(out), sets or [],
-                    [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, limit, device, not quiet)
+                    [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, items, device, not quiet, limits)
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:
@@ -474,8 +509,32 @@ def bench_report_cmd(
     typer.echo(f"wrote {path} and the plots and grid beside it", err=True)
 
 
+def _click_exceptions():
+    """The click exception classes typer raises (vendored as ``typer._click`` in typer >= 0.20)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer: click itself
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
-    app()
+    """Run the command line; a usage mistake (unknown option, a value of the wrong type) ends it
+    with one ``error:`` line and exit status 2, like every other user mistake."""
+    exceptions = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except getattr(exceptions, "NoArgsIsHelpError", ()) as exc:  # bare `editflow`: the help
+        exc.show()
+        sys.exit(exc.exit_code)
+    except exceptions.ClickException as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) is not None else ""
+        typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except exceptions.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

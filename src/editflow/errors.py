@@ -16,3 +16,7 @@ class ModelNotAvailableError(EditflowError):
 
 class ParameterError(EditflowError, ValueError):
     """An unknown parameter name or a value of the wrong type or range."""
+
+
+class LimitError(ParameterError):
+    """A request over one of :class:`editflow.limits.Limits` (too many pixels, steps, rows or calls)."""

@@ -2,66 +2,127 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import EditflowError
+from .limits import Limits
 
 WRITABLE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, or raise :class:`EditflowError` naming the problem."""
+def open_image(path: str | os.PathLike, what: str = "input image", limits: Limits | None = None) -> Image.Image:
+    """Decode an image file, or raise :class:`EditflowError` naming the problem.
+
+    Its size is checked from the header against ``limits.max_input_pixels`` before any pixel is
+    decoded (decompression bombs are refused), and its EXIF orientation is applied, so a portrait
+    photo is edited upright. The mode is kept (see :func:`to_rgb`).
+    """
+    limits = limits or Limits.from_env()
     p = Path(path)
     if not p.exists():
-        raise EditflowError(f"input image not found: {p}")
+        raise EditflowError(f"{what} not found: {p}")
     if p.is_dir():
-        raise EditflowError(f"input image is a folder, not a file: {p}")
+        raise EditflowError(f"{what} is a folder, not a file: {p}")
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+            im = Image.open(p)
+        with im:
+            limits.check_input(*im.size, f"{what} {p}")
             im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise EditflowError(f"{p} is not an image file that can be read (PNG, JPEG, WebP, ...): {exc}") from None
+            return ImageOps.exif_transpose(im)
+    except EditflowError:
+        raise
+    except Image.DecompressionBombError:
+        raise limits.refuse("max_input_pixels", f"{what} {p}", Image.MAX_IMAGE_PIXELS * 2,
+                            "make it smaller") from None
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError ...) for broken files
+        detail = " ".join(str(exc).replace(repr(str(p)), "").split()) or type(exc).__name__
+        raise EditflowError(f"{what} {p} is not an image file that can be read (PNG, JPEG, WebP, ...): "
+                            f"{detail}") from None
 
 
-def as_image(image: "Image.Image | str | os.PathLike") -> Image.Image:
+def load_image(path: str | os.PathLike, limits: Limits | None = None) -> Image.Image:
+    """An image file as upright RGB (:func:`open_image`, then :func:`to_rgb`)."""
+    return to_rgb(open_image(path, "input image", limits))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """One rule for every entry point (CLI, API, UI, datasets): an image as 8-bit RGB.
+
+    * 16-bit and 32-bit greyscale (``I;16``, ``I``) are scaled from 0..65535, float images
+      (``F``) from 0..1 (or 0..255 / 0..65535 when their values exceed the smaller range);
+    * transparency (``RGBA``, ``LA``, ``PA``, palette transparency) is composited on white, as
+      a viewer shows it: the hidden colours of transparent pixels are never edited;
+    * every other mode is converted by Pillow.
+    """
+    if image.mode in HIGH_DEPTH_MODES:
+        grey = Image.fromarray(np.round(grey_levels(image) * 255).astype(np.uint8))
+        return grey.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def grey_levels(image: Image.Image) -> np.ndarray:
+    """A one-channel image as float ``[H, W]`` in [0, 1], scaled by its mode's range (see :func:`to_rgb`)."""
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = float(np.nanmax(arr, initial=0.0))
+        scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+    elif image.mode in HIGH_DEPTH_MODES:
+        scale = 65535.0
+    else:
+        return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    return np.nan_to_num(np.clip(arr / scale, 0.0, 1.0))
+
+
+def as_image(image: "Image.Image | str | os.PathLike", limits: Limits | None = None) -> Image.Image:
+    """An image argument (PIL image or file path) as upright RGB, its size within ``limits``."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        (limits or Limits.from_env()).check_input(*image.size, "input image")
+        return to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image)
+        return load_image(image, limits)
     raise EditflowError(f"image must be a PIL image or a file path, got {type(image).__name__}")
 
 
-def load_mask(mask, size: tuple[int, int]) -> torch.Tensor:
+def load_mask(mask, size: tuple[int, int], limits: Limits | None = None) -> torch.Tensor:
     """A mask (image file, PIL image of any mode, 2-D array or tensor; white/nonzero = edit) as a
     bool ``[H, W]`` tensor at ``size = (width, height)``.
 
-    It is binarised at its own resolution (half of its range), then resized; a pixel of the
-    result is in when any source pixel under it is, so thin strokes survive downscaling.
+    It is binarised at its own resolution (half of its range: 16-bit masks by 65535, see
+    :func:`grey_levels`), then resized; a pixel of the result is in when any source pixel under
+    it is, so thin strokes survive downscaling. Its size is checked like an image's.
     """
+    limits = limits or Limits.from_env()
     if isinstance(mask, (str, os.PathLike)):
-        path = Path(mask)
-        if not path.exists():
-            raise EditflowError(f"mask file not found: {path}")
-        try:
-            mask = Image.open(path)
-            mask.load()
-        except (OSError, ValueError) as exc:
-            raise EditflowError(f"mask file is not an image: {path} ({exc})") from None
+        mask = open_image(mask, "mask file", limits)
     if isinstance(mask, Image.Image):
-        arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        limits.check_input(*mask.size, "mask")
+        arr = grey_levels(mask)
     elif isinstance(mask, (np.ndarray, torch.Tensor)):
-        arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+        arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
         if arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 2:
             raise EditflowError(f"a mask array must be 2-D (H x W), got shape {tuple(arr.shape)}")
+        if arr.dtype.kind not in "biuf":
+            raise EditflowError(f"a mask array must hold numbers or booleans, got dtype {arr.dtype}")
+        limits.check_input(arr.shape[1], arr.shape[0], "mask")
+        arr = np.nan_to_num(arr.astype(np.float32))
         if arr.max(initial=0) > 1:
             arr = arr / 255.0
     else:
@@ -95,12 +156,23 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Validate an output path before any work is done (suffix, existing folder)."""
+    """Validate an output path before any work is done: its suffix, that it is not a folder, and
+    that its folder exists and takes a new file (tried with a temporary file, which also catches
+    read-only file systems where permissions say yes)."""
     p = Path(path)
     if p.suffix.lower() not in WRITABLE_SUFFIXES:
         raise EditflowError(f"output {p} must end in one of {', '.join(WRITABLE_SUFFIXES)}")
+    if p.is_dir():
+        raise EditflowError(f"output {p} is an existing folder: name a file inside it, e.g. {p / 'edited.png'}")
     if not p.parent.exists():
         raise EditflowError(f"output folder {p.parent} does not exist: create it first")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EditflowError(f"cannot write to the output folder {p.parent} ({exc.strerror}): "
+                            "choose a writable folder") from None
     return p
 
 
@@ -113,14 +185,22 @@ def _umask() -> int:
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write ``image`` atomically: to a temporary file beside ``path``, then rename."""
     p = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         with os.fdopen(fd, "wb") as fh:
             image.save(fh, format=WRITABLE_SUFFIXES[p.suffix.lower()])
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise EditflowError(f"cannot write {p} ({why}): nothing was written; free space or choose "
+                                "another path") from None
         raise
     return p
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import EditflowError
 from .models.base import FlowModel
+from .sampling import generate
 
 FLUX_DEV_VITAL = ["double.0", "double.1", "double.17", "double.18", "single.6", "single.9", "single.34",
                   "single.35", "single.37"]
@@ -34,8 +35,6 @@ FLUX_DEV_VITAL = ["double.0", "double.1", "double.17", "double.18", "single.6", 
 def vitality(model: FlowModel, prompts: list[str], seeds: list[int], steps: int = 15, size: int | None = None,
              similarity: Callable[[np.ndarray, np.ndarray], float] | None = None, progress=None) -> dict[str, float]:
     """``{layer: vitality}`` over all attention layers (blocks) of ``model``."""
-    from .api import generate
-
     sim = similarity or similarity_function("ssim")
     size = size or 1024
     cases = [(p, s) for p in prompts for s in seeds]

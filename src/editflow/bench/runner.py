@@ -9,15 +9,23 @@ complete line), so killing a run loses at most the item in flight. Under ``accel
 
 A record: ``key, item, category, method, params, model, seed, metrics{...}, nfe_calls, nfe_rows,
 seconds, peak_memory_bytes, image`` (the edited image, relative to the output folder).
+
+Before any model loads, :func:`run` checks the whole dataset, the methods, ``--set`` values,
+``limit`` and the seed range, then takes an exclusive lock on ``OUT/.lock.r{rank}`` (``flock``,
+released by the kernel when the process ends, so a killed run leaves no stale lock): a second
+run on the same folder and rank is refused with the first one's pid. A write that fails (full
+disk, read-only folder) is one :class:`EditflowError` line; re-running resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,15 +33,20 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import EditflowError
-from .datasets import EditRecord, load_dataset
+from ..limits import SEED_MAX, Limits
+from .datasets import EditRecord, image_stem, load_dataset, one_line
 
 PIXEL_METRICS = ("psnr", "ssim", "mse")
+RESUME = "re-run the same command: it resumes where it stopped"
 
 
 def process_rank() -> tuple[int, int]:
     """``(rank, world_size)`` from the launcher's environment (accelerate / torchrun set both)."""
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise EditflowError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers: let the launcher set them") from None
     if not 0 <= rank < world:
         raise EditflowError(f"RANK={rank} is not below WORLD_SIZE={world}")
     return rank, world
@@ -45,27 +58,78 @@ def record_key(item: str, method: str, params: dict, model: str, seed: int) -> s
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def read_records(out: Path, repair: bool = False) -> list[dict]:
-    """All complete records of every shard in ``out``; ``repair`` truncates a cut last line."""
-    rows = []
+def read_records(out: Path, repair: Path | None = None) -> list[dict]:
+    """All complete records of every shard in ``out``, each key once (the first one read, so that
+    an edit done twice by an older version counts once); ``repair`` names the shard (this
+    process's) whose cut last line is truncated."""
+    rows, keys = [], set()
     for shard in sorted(out.glob("results*.jsonl")):
         data = shard.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
-        if repair and len(complete) != len(data):
-            with open(shard, "r+b") as f:
+        if repair is not None and shard == repair and len(complete) != len(data):
+            with writing(shard), open(shard, "r+b") as f:
                 f.truncate(len(complete))
-        for line in complete.decode().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
+        for n, line in enumerate(complete.decode("utf-8", errors="replace").split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if row["key"] in keys:
+                    continue
+                keys.add(row["key"])
+            except (ValueError, TypeError, KeyError):
+                raise EditflowError(f"{shard} line {n} is not a bench record: move that file out of {out} "
+                                    "(or delete the line) and re-run") from None
+            rows.append(row)
     return rows
 
 
+@contextmanager
+def writing(path: Path, fix: str | None = None):
+    """An ``OSError`` in the block (full disk, read-only folder, a file in the way) becomes one
+    :class:`EditflowError` line naming ``path`` and ``fix`` (by default: free space or fix the
+    folder, then re-run, which resumes)."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno == errno.ENOSPC
+        why = "the disk is full" if full else (exc.strerror or str(exc))
+        fix = fix or ("free some space" if full else "fix that") + ", then " + RESUME
+        raise EditflowError(one_line(f"cannot write {path} ({why}): {fix}")) from None
+
+
 def append_record(path: Path, record: dict) -> None:
+    """One JSON line, written with one ``write`` call, flushed and fsynced."""
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    with open(path, "ab") as f:
+    with writing(path), open(path, "ab") as f:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def run_lock(root: Path, rank: int):
+    """Hold an exclusive ``flock`` on ``root/.lock.r{rank}`` (which holds our pid) for the block,
+    or refuse with the pid of the run that holds it. The kernel drops the lock when its process
+    ends, so the file a killed run leaves behind blocks nothing."""
+    import fcntl
+
+    path = root / f".lock.r{rank}"
+    with writing(path, "pass another --out"):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise EditflowError(f"another editflow bench run (pid {pid}) is writing {root} (rank {rank}): "
+                                "wait for it to finish or pass another --out") from None
+        with writing(path, "pass another --out"):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def parse_sets(pairs: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -137,14 +201,22 @@ def oracle_metric() -> Metric:
     return Metric("oracle", fn)
 
 
+def check_metrics(names: list[str]) -> None:
+    """Refuse a model metric name that is not one (before anything loads)."""
+    from .metrics import METRICS
+
+    for name in names:
+        if name not in METRICS or name in PIXEL_METRICS:
+            raise EditflowError(f"unknown metric {name!r}: use any of {', '.join(sorted(set(METRICS) - set(PIXEL_METRICS)))}")
+
+
 def model_metrics(names: list[str], paths: dict[str, str], device=None) -> list[Metric]:
     """CLIP-T, CLIP-I, DINO, structure distance, LPIPS, DreamSim as asked; loaded before any edit."""
     from .metrics import METRICS
 
+    check_metrics(names)
     out = []
     for name in names:
-        if name not in METRICS or name in PIXEL_METRICS:
-            raise EditflowError(f"unknown metric {name!r}: use any of {', '.join(sorted(set(METRICS) - set(PIXEL_METRICS)))}")
         cls = METRICS[name]
         metric = cls.from_pretrained(paths[name], device=device) if name in paths else cls.from_pretrained(device=device)
         if name == "clip_t":
@@ -161,64 +233,148 @@ def model_metrics(names: list[str], paths: dict[str, str], device=None) -> list[
     return out
 
 
+def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | None = None,
+            metrics: list[str] | None = None, seed: int = 0, limit: int | None = None,
+            limits: Limits | None = None) -> tuple[list[EditRecord], list[str], dict[str, dict[str, Any]]]:
+    """What :func:`run` checks before it writes anything or loads a model: the methods (listed
+    once each), ``--set`` values (against the model's family when the zoo or the folder tells it),
+    metric names, ``limit`` (>= 1), the whole dataset, its images' headers and prompts against
+    ``limits`` (and the methods' steps and NFE, when the family is known), and that every item's
+    seed ``seed + i`` lies in ``[0, 2**64 - 1]``. Returns (items, methods, overrides per method)."""
+    import numbers
+
+    from ..methods import get_method
+    from ..models.zoo import model_family
+
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise EditflowError("--methods names no method: pass e.g. --methods flowedit")
+    for m in methods:
+        get_method(m)
+    overrides = parse_sets(sets or [], methods)
+    check_metrics(metrics or [])
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise EditflowError(f"--limit must be a whole number >= 1, got {limit!r}: pass --limit N, or leave it out for every item")
+    items = load_dataset(data)[:limit]
+    last = len(items) - 1
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX - last:
+        raise EditflowError(f"--seed {seed!r}: item i is edited with seed + i, so for these {len(items)} items "
+                            f"--seed must be a whole number from 0 to {SEED_MAX - last}")
+    limits = limits or Limits.from_env()
+    _check_images(items, limits)
+    try:
+        family = model_family(model_name)
+    except (EditflowError, OSError, ValueError):
+        family = None  # a hub id (or a folder load_model will explain): its family is known once loaded
+    if family is not None:
+        _resolved(methods, overrides, family, limits)
+    return items, methods, overrides
+
+
+def _check_images(items: list[EditRecord], limits: Limits) -> None:
+    """Open the header of every item's image (and ground truth), refusing one that cannot be read
+    or is over ``limits.max_input_pixels``; check each item's prompts against ``limits``."""
+    from PIL import Image
+
+    for rec in items:
+        limits.check_prompt(rec.source_prompt, f"item {rec.id!r}'s source prompt")
+        limits.check_prompt(rec.target_prompt, f"item {rec.id!r}'s target prompt")
+        for path in filter(None, (rec.image, rec.target_image)):
+            try:
+                with Image.open(path) as im:
+                    limits.check_input(*im.size, f"item {rec.id!r}'s image {path}")
+            except EditflowError:
+                raise
+            except Exception as exc:  # PIL raises many kinds for a broken file
+                raise EditflowError(one_line(f"item {rec.id!r}: {path} is not an image that can be read ({exc}): "
+                                             "replace the file or remove the item")) from None
+
+
+def _resolved(methods: list[str], overrides: dict[str, dict[str, Any]], family: str, limits: Limits
+              ) -> dict[str, dict]:
+    """Each method's parameters on ``family``, checked against ``limits`` (steps, NFE, rows)."""
+    from ..api import check_work
+    from ..methods import get_method
+
+    out = {}
+    for m in methods:
+        params = get_method(m).params.for_family(family, **overrides[m])
+        check_work(family, get_method(m), params, limits)
+        out[m] = params.to_dict()
+    return out
+
+
+def _save(image, path: Path) -> None:
+    """``images.save_image`` (atomic) into a folder made here; a failure is one line that says re-running resumes."""
+    from ..images import save_image
+
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            save_image(image, path)
+        except EditflowError as exc:  # save_image words a failed write itself
+            raise EditflowError(f"{exc}; then {RESUME}") from None
+
+
 def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str] | None = None,
         metrics: list[str] | None = None, metric_paths: dict[str, str] | None = None, seed: int = 0,
-        limit: int | None = None, device: str | None = None, progress: bool = True) -> Path:
-    """Run every (item, method) not yet in ``out``; returns this process's shard path."""
+        limit: int | None = None, device: str | None = None, progress: bool = True,
+        limits: Limits | None = None) -> Path:
+    """Run every (item, method) not yet in ``out``; returns this process's shard path.
+
+    Checks everything :func:`prepare` lists, creates ``out`` and takes its lock (:func:`run_lock`)
+    before any model loads."""
     from ..api import edit
-    from ..images import save_image
+    from ..images import load_image
     from ..methods import get_method
     from ..models.zoo import load_model
 
     rank, world_size = process_rank()
-    items = load_dataset(data)[:limit] if limit else load_dataset(data)
-    for m in methods:
-        get_method(m)
-    overrides = parse_sets(sets or [], methods)
+    limits = limits or Limits.from_env()
+    items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits)
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    metric_list = pixel_metrics() + [oracle_metric()] + model_metrics(metrics or [], metric_paths or {}, device)
-    model = load_model(model_name, device=device)
-    resolved = {m: get_method(m).params.for_family(model.family, **overrides[m]).to_dict() for m in methods}
-    done = {r["key"] for r in read_records(root, repair=True)}
+    with writing(root, "pass another --out"):
+        root.mkdir(parents=True, exist_ok=True)
     shard = root / f"results.r{rank}.jsonl"
-    todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank for m in methods
-            if record_key(rec.id, m, resolved[m], model_name, seed) not in done]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with run_lock(root, rank):
+        metric_list = pixel_metrics() + [oracle_metric()] + model_metrics(metrics or [], metric_paths or {}, device)
+        model = load_model(model_name, device=device, progress=progress)
+        resolved = _resolved(methods, overrides, model.family, limits)
+        done = {r["key"] for r in read_records(root, repair=shard)}
+        todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank for m in methods
+                if record_key(rec.id, m, resolved[m], model_name, seed) not in done]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"bench r{rank}", unit="edit", file=sys.stderr)
-    from PIL import Image
-
-    loaded = None  # (index, record with its mask in memory, source image): todo runs item by item
-    for i, m in todo:
-        if loaded is None or loaded[0] != i:
-            mask = items[i].mask  # decoded once per item, not once per method and metric
-            rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask))
-            loaded = (i, rec, Image.open(rec.image).convert("RGB"))
-        _, rec, source = loaded
-        result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
-                      mask=rec.mask if get_method(m).params.NEEDS_MASK else None, **overrides[m])
-        key = record_key(rec.id, m, resolved[m], model_name, seed)
-        rel = Path("images") / f"{m}-{key[:6]}" / (rec.id.replace("/", "__").replace(os.sep, "__") + ".png")
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        save_image(result.image, root / rel)
-        src, edited = np.asarray(source), np.asarray(result.image)
-        values: dict[str, float] = {}
-        for metric in metric_list:
-            values.update(metric.fn(src, edited, rec))
-        append_record(shard, {
-            "key": key, "item": rec.id, "category": rec.category, "method": m, "params": resolved[m],
-            "model": model_name, "seed": seed, "metrics": {k: _finite(v) for k, v in values.items()},
-            "nfe_calls": result.nfe.calls, "nfe_rows": result.nfe.rows, "seconds": result.seconds,
-            "peak_memory_bytes": result.peak_memory_bytes, "image": str(rel), "source_image": str(rec.image),
-            "rank": rank,
-        })
+            bar = tqdm(total=len(todo), desc=f"bench r{rank}", unit="edit", file=sys.stderr)
+        loaded = None  # (index, record with its mask in memory, source image): todo runs item by item
+        for i, m in todo:
+            if loaded is None or loaded[0] != i:
+                mask = items[i].mask  # decoded once per item, not once per method and metric
+                rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask))
+                loaded = (i, rec, load_image(rec.image, limits))
+            _, rec, source = loaded
+            result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
+                          mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])
+            key = record_key(rec.id, m, resolved[m], model_name, seed)
+            rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + ".png")
+            _save(result.image, root / rel)
+            src, edited = np.asarray(source), np.asarray(result.image)
+            values: dict[str, float] = {}
+            for metric in metric_list:
+                values.update(metric.fn(src, edited, rec))
+            append_record(shard, {
+                "key": key, "item": rec.id, "category": rec.category, "method": m, "params": resolved[m],
+                "model": model_name, "seed": seed, "metrics": {k: _finite(v) for k, v in values.items()},
+                "nfe_calls": result.nfe.calls, "nfe_rows": result.nfe.rows, "seconds": result.seconds,
+                "peak_memory_bytes": result.peak_memory_bytes, "image": str(rel), "source_image": str(rec.image),
+                "rank": rank,
+            })
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return shard
 
 

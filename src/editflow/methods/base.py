@@ -8,6 +8,7 @@ A method is one params dataclass (the paper's defaults, per model family) and on
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -90,6 +91,7 @@ class MethodParams:
         values = dict(cls.FAMILY_DEFAULTS.get(family, {}))
         values.update(overrides)
         params = cls(**values)
+        params.check_types()  # before resolve(), which computes with the values
         params.resolve(family)
         params.validate()
         return params
@@ -97,13 +99,21 @@ class MethodParams:
     def resolve(self, family: str) -> None:
         """Fill defaults that depend on the family or on other parameters (``None`` fields)."""
 
-    def validate(self) -> None:
-        """Check types and ranges; raise :class:`ParameterError` naming the parameter."""
+    def check_types(self) -> None:
+        """Check every field against its annotation; numpy scalars become Python numbers, and
+        floats must be finite (NaN and infinity are refused). Raises :class:`ParameterError`."""
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value = _plain(getattr(self, f.name))
             if not _matches(hints[f.name], value):
                 raise ParameterError(f"parameter {f.name!r} must be {_type_name(hints[f.name])}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ParameterError(f"parameter {f.name!r} must be a finite number, got {value!r}")
+            setattr(self, f.name, value)
+
+    def validate(self) -> None:
+        """Check types and ranges; raise :class:`ParameterError` naming the parameter."""
+        self.check_types()
         if self.steps < 1:
             raise ParameterError(f"parameter 'steps' must be >= 1, got {self.steps}")
 
@@ -121,6 +131,13 @@ def check_family(params: type[MethodParams], family: str) -> None:
         f"{name} does not run on {family} models (it supports {', '.join(params.FAMILIES)}); "
         f"methods for {family}: {', '.join(runs)}"
     )
+
+
+def _plain(value):
+    """numpy integers, floats and bools as Python's (``np.int64(2)`` is a fine ``steps``)."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def _matches(kind, value) -> bool:

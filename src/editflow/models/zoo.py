@@ -8,6 +8,7 @@ to download it or which folder to pass.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -173,7 +174,61 @@ def _dtype_keyword() -> str:
 _DTYPE_KWARG = _dtype_keyword()
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def read_model_index(folder: Path) -> dict:
+    """A pipeline folder's ``model_index.json`` as a dict naming its ``_class_name``, or a
+    one-line :class:`ModelNotAvailableError` (missing, not JSON, wrong structure)."""
+    import json
+
+    index = folder / "model_index.json"
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelNotAvailableError(
+            f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json): pass a folder written by "
+            "save_pretrained, a hub id, or a name from `editflow models`") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelNotAvailableError(f"{index} is not readable JSON ({' '.join(str(exc).split())}): "
+                                     "restore it or re-save the pipeline with save_pretrained") from None
+    if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
+        raise ModelNotAvailableError(f"{index} names no pipeline class (_class_name): restore it or re-save the "
+                                     "pipeline with save_pretrained")
+    return data
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse a pipeline folder whose weights exist only as pickle files (``.bin`` ...): editflow
+    loads weights through safetensors only, since unpickling runs code from the file."""
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in component.iterdir() if f.is_file()]
+        pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickles and not any(f.suffix == ".safetensors" for f in files):
+            raise ModelNotAvailableError(
+                f"{component} holds weights only as pickle files ({pickles[0]}): editflow loads safetensors only; "
+                "convert them where you trust the files (from_pretrained, then save_pretrained(..., "
+                "safe_serialization=True))")
+
+
+@contextmanager
+def loading_bars(progress: bool):
+    """Within it, transformers' "Loading weights" bars show only when ``progress`` (diffusers'
+    own loading bars are always off: editflow's edits have their own)."""
+    from transformers.utils import logging as tlogging
+
+    shown = tlogging.is_progress_bar_enabled()
+    if not progress:
+        tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            tlogging.enable_progress_bar()
+
+
 def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
+    """``DiffusionPipeline.from_pretrained`` with safetensors enforced, one-line errors."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
@@ -181,7 +236,7 @@ def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
     try:
-        return DiffusionPipeline.from_pretrained(source, **{_DTYPE_KWARG: torch_dtype})
+        return DiffusionPipeline.from_pretrained(source, use_safetensors=True, **{_DTYPE_KWARG: torch_dtype})
     except (OSError, ValueError, EnvironmentError) as exc:
         if Path(source).exists():
             raise ModelNotAvailableError(f"cannot load pipeline folder {source!r}: {str(exc).splitlines()[0]}") from exc
@@ -191,12 +246,37 @@ def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
         dlogging.enable_progress_bar()
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (``None``: CUDA when present, else the
+    CPU), or a one-line :class:`ModelNotAvailableError` saying what to pass instead."""
+    if device is None:
+        return default_device()
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelNotAvailableError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelNotAvailableError(f"device {device!r}: this machine has no CUDA GPU that torch "
+                                         f"{torch.__version__} can use: pass --device cpu (or device='cpu')")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ModelNotAvailableError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA "
+                                         "devices (cuda:0 ...)")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelNotAvailableError(f"device {device!r}: MPS is not available here: pass --device cpu")
+    elif d.type != "cpu":
+        raise ModelNotAvailableError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return d
+
+
 def load_model(
     name_or_path: str | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     cpu_offload: bool = False,
     family: str | None = None,
+    progress: bool = True,
 ):
     """Load a model and return its :class:`~editflow.models.base.FlowModel` adapter.
 
@@ -205,16 +285,21 @@ def load_model(
     to float32 for built-in models and on the CPU, bfloat16 for other models on CUDA; ``device``
     defaults to CUDA when present. ``family`` names the adapter for a folder or hub id whose
     pipeline class does not say it (a rectified-flow ``StableDiffusionPipeline``: ``"unet"``).
+    Weights load through safetensors only. ``progress=False`` hides the loading bars.
 
     >>> model = load_model("tiny-flux")          # offline, random weights
     >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
     """
     name_or_path = name_or_path or DEFAULT_MODEL
-    device = torch.device(device) if device is not None else default_device()
+    if not isinstance(name_or_path, str):
+        raise ModelNotAvailableError(f"a model is named by a string (zoo name, folder or hub id), got "
+                                     f"{type(name_or_path).__name__}")
+    device = resolve_device(device)
     entry = ZOO.get(name_or_path)
     if entry is not None and entry.builtin:
         torch_dtype = _parse_dtype(dtype, entry.dtype)
-        pipe = entry.builder()
+        with loading_bars(progress):
+            pipe = entry.builder()
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
         options = dict(entry.options)
@@ -222,11 +307,8 @@ def load_model(
         source = entry.hub_id if entry is not None else name_or_path
         local = Path(source).expanduser()
         if local.exists():
-            if not (local / "model_index.json").is_file():
-                raise ModelNotAvailableError(
-                    f"{source!r} is not a diffusers pipeline folder (no model_index.json): pass a folder "
-                    "written by save_pretrained, a hub id, or a name from `editflow models`"
-                )
+            read_model_index(local)
+            check_safetensors(local)
             source = str(local)
         elif entry is None and source.count("/") != 1:
             raise ModelNotAvailableError(
@@ -235,7 +317,8 @@ def load_model(
             )
         # bf16 on GPUs (as the checkpoints ship); float32 on the CPU, where bf16 is slow and coarse
         torch_dtype = _parse_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-        pipe = _load_hub_or_folder(source, torch_dtype)
+        with loading_bars(progress):
+            pipe = _load_hub_or_folder(source, torch_dtype)
         options = dict(entry.options) if entry is not None else {}
     pipe.set_progress_bar_config(disable=True)
     if cpu_offload and device.type == "cuda":
@@ -248,15 +331,13 @@ def load_model(
 
 def model_family(name_or_path: str) -> str:
     """The family of a zoo name or a local pipeline folder, without loading it."""
-    import json
-
     if name_or_path in ZOO:
         return ZOO[name_or_path].family
-    index = Path(name_or_path).expanduser() / "model_index.json"
-    if not index.is_file():
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
         raise ModelNotAvailableError(f"unknown model {name_or_path!r}: use a name from `editflow models` or a local "
                                      "pipeline folder")
-    cls = json.loads(index.read_text()).get("_class_name", "?")
+    cls = read_model_index(folder)["_class_name"]
     if cls == "StableDiffusionPipeline":
         return "unet"  # what editflow can run it as (a rectified-flow UNet)
     if cls not in PIPELINE_FAMILIES:
