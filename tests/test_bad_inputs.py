@@ -394,3 +394,34 @@ def test_transparency_is_composited_on_white_everywhere(tmp_path, tiny):
     a = editflow.edit(tiny, path, SRC, TAR, steps=2)
     b = editflow.edit(tiny, load_image(path), SRC, TAR, steps=2)
     assert torch.equal(a.latents, b.latents)  # a file and its loaded image edit the same
+
+
+# -- the other commands ----------------------------------------------------------------------------
+
+
+def test_bench_run_takes_item_count_and_work_limits_through_limit(tmp_path):
+    from editflow.world.io import write_edits
+
+    data = write_edits(tmp_path / "set", 2, seed=0, kinds=["color"])
+    out = tmp_path / "run"
+    base = ["bench", "run", "--data", str(data), "--out", str(out), "--model", "tiny-flux", "-q"]
+    one_line_error(runner.invoke(app, [*base, "--set", "steps=2000"]), "max_steps=1000")
+    one_line_error(runner.invoke(app, [*base, "--limit", "max_steps=3", "--set", "steps=4"]), "max_steps=3")
+    one_line_error(runner.invoke(app, [*base, "--limit", "1", "--limit", "2"]), "give one item count")
+    one_line_error(runner.invoke(app, [*base, "--limit", "some"]), "--limit expects a number of items N or NAME=VALUE")
+    assert not out.exists()  # refused before the output folder was made
+    r = runner.invoke(app, [*base, "--limit", "1", "--limit", "max_steps=4", "--set", "steps=4"])
+    assert r.exit_code == 0, r.output
+    assert len((out / "results.r0.jsonl").read_text().splitlines()) == 1
+
+
+def test_world_and_vital_layer_sizes_are_bounded(tmp_path):
+    one_line_error(runner.invoke(app, ["world", "sample", "--n", "2", "--size", "100000", "-o", str(tmp_path / "w")]),
+                   "max_input_pixels")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    base = ["vital-layers", "--prompts", str(prompts), "--out", str(tmp_path / "layers.json"), "--model", "tiny-flux"]
+    one_line_error(runner.invoke(app, [*base, "--size", "50000"]), "max_pixels")
+    one_line_error(runner.invoke(app, [*base, "--steps", "5000"]), "max_steps")
+    one_line_error(runner.invoke(app, [*base, "--seeds", "0,x"]), "--seeds expects whole numbers")
+    assert leftovers(tmp_path, {"prompts.txt"}) == []

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import editflow
-from editflow.errors import EditflowError, ParameterError
+from editflow.errors import EditflowError, LimitError, ParameterError
+from editflow.limits import Limits
 from editflow.methods import METHODS
 from editflow.ui import controls as ctl
 
@@ -56,12 +58,60 @@ def test_editor_values_give_image_and_mask_and_bad_uploads_a_message():
     assert ctl.editor_parts({"background": image, "layers": [np.zeros_like(layer)]})[1] is None
     rgba = np.concatenate([image, np.zeros((40, 50, 1), np.uint8)], -1)
     assert (ctl.check_image(rgba) == 255).all()  # transparent pixels on white
+    rgba[..., 3] = 128  # half transparent: images.to_rgb's rule, the same as the CLI's and the API's
+    expected = np.asarray(editflow.images.to_rgb(Image.fromarray(rgba)))
+    assert np.array_equal(ctl.check_image(rgba), expected) and (expected > 120).all() and (expected < 255).all()
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    assert np.array_equal(ctl.check_image(grey), np.stack([grey] * 3, -1))
+    assert np.array_equal(ctl.check_image(grey[..., None]), np.stack([grey] * 3, -1))
+    assert (ctl.check_image(np.full((3, 4, 2), [0, 0], np.uint8)) == 255).all()  # LA, transparent
+    assert np.array_equal(ctl.check_image(np.array([[-5.0, 300.0, np.nan]])), [[[0] * 3, [255] * 3, [0] * 3]])
     with pytest.raises(EditflowError, match="upload an image first"):
         ctl.editor_parts({"background": None, "layers": []})
-    with pytest.raises(EditflowError, match="not an image"):
-        ctl.check_image(np.array(["not", "pixels"], dtype=object))
-    with pytest.raises(EditflowError, match="at most 4096 pixels a side"):
-        ctl.check_image(np.zeros((10, 5000, 3), np.uint8))
+    for junk in (np.array(["not", "pixels"], dtype=object), np.zeros(5), np.zeros((4, 4, 5))):
+        with pytest.raises(EditflowError, match="not an image"):
+            ctl.check_image(junk)
+    with pytest.raises(LimitError, match="holds no pixel"):
+        ctl.check_image(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(LimitError, match=r"the uploaded image \(4097x4096 = \d+ pixels\) is over the limit "
+                       r"max_input_pixels=16777216: .*EDITFLOW_LIMIT_MAX_INPUT_PIXELS"):
+        ctl.check_image(np.zeros((4096, 4097, 3), np.uint8))  # 4096 x 4096 passes by default, one more column not
+    small = Limits(max_input_pixels=100)
+    with pytest.raises(LimitError, match="max_input_pixels=100"):
+        ctl.editor_parts({"background": np.zeros((10, 11, 3), np.uint8), "layers": []}, small)
+    assert ctl.check_image(np.zeros((10, 10, 3), np.uint8), small).shape == (10, 10, 3)
+
+
+def test_uploads_are_checked_before_gradio_decodes_them(tmp_path, monkeypatch):
+    """The source editor's decoding: a non-image, a truncated PNG and an image over
+    max_input_pixels raise gr.Error with editflow's line (no traceback logged); a good one passes."""
+    gr = pytest.importorskip("gradio")
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+
+    from editflow.ui.app import _source_editor
+
+    (tmp_path / "text.png").write_text("hello, I am not a picture")
+    Image.new("RGB", (30, 20), (9, 90, 200)).save(tmp_path / "ok.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])  # a header, no pixels
+    Image.new("1", (600, 600)).save(tmp_path / "big.png")
+    editor = _source_editor(gr, Limits(max_input_pixels=500 * 500))(type="numpy", image_mode="RGB")
+    assert editor.get_block_name() == "imageeditor"  # the page draws it with Gradio's image editor
+    stub = Path(sys.modules[_source_editor.__module__].__file__).with_suffix(".pyi")
+    assert not stub.exists()  # Gradio's metaclass writes none into the source tree
+    expected = {"text.png": ctl.NOT_AN_IMAGE, "cut.png": ctl.NOT_AN_IMAGE,
+                "big.png": "the uploaded image (600x600 = 360000 pixels) is over the limit max_input_pixels=250000"}
+    for name, message in expected.items():
+        with pytest.raises(gr.Error) as info:
+            editor.preprocess(EditorData(background=FileData(path=str(tmp_path / name))))
+        assert info.value.message.startswith(message) and not info.value.print_exception, name
+    with pytest.raises(gr.Error, match="not an image"):
+        editor.preprocess(EditorData(composite=FileData(path=str(tmp_path / "text.png"))))
+    value = editor.preprocess(EditorData(background=FileData(path=str(tmp_path / "ok.png"))))
+    assert value["background"].shape == (20, 30, 3) and (value["background"][0, 0] == (9, 90, 200)).all()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's bomb bound under a raised max_input_pixels
+    with pytest.raises(LimitError, match="the uploaded image is over the limit max_input_pixels"):
+        ctl.check_upload(tmp_path / "ok.png", Limits(max_input_pixels=10**9))
 
 
 # -- end to end in a real browser ------------------------------------------------------------------
@@ -90,26 +140,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def browser_app(tmp_path_factory):
+def _chrome():
+    """A headless Chromium driven by Selenium (quit it when done)."""
     browser, driver_path = _ensure_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from editflow.ui.app import launch
-
-    port = _free_port()
-    app = launch("shapes", port=port, block=False)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1500"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    return webdriver.Chrome(options=options, service=Service(driver_path))
+
+
+UPLOAD_LIMIT = Limits(max_input_pixels=200 * 200)  # the browser tests' server: small enough to test cheaply
+
+
+@pytest.fixture(scope="module")
+def browser_app(tmp_path_factory):
+    from editflow.ui.app import launch
+
+    port = _free_port()
+    app = launch("shapes", port=port, block=False, limits=UPLOAD_LIMIT)
+    try:
+        driver = _chrome()
+    except BaseException:
+        app.close()
+        raise
     try:
         yield driver, f"http://127.0.0.1:{port}/"
     finally:
         driver.quit()
         app.close()
+
+
+def _body(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _upload_and_run(driver, url, path, source: str = "a scene", target: str = "another scene") -> None:
+    """A fresh page: upload ``path`` through the editor's file input, type prompts, press Edit."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source input[type=file]"))
+    driver.find_element(By.CSS_SELECTOR, "#source input[type=file]").send_keys(str(path))
+    driver.find_element(By.CSS_SELECTOR, "#source-prompt textarea").send_keys(source)
+    driver.find_element(By.CSS_SELECTOR, "#target-prompt textarea").send_keys(target)
+    time.sleep(1.0)  # the editor finishes loading the upload
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
 
 
 def _result(driver, wait, previous: str | None) -> tuple[np.ndarray, str]:
@@ -194,13 +276,29 @@ def test_edit_in_a_real_browser(browser_app, tmp_path):
     time.sleep(1.0)
     driver.find_element(By.CSS_SELECTOR, "#run").click()
     wait.until(lambda d: "resized from 128x128 to 64x64" in d.find_element(By.CSS_SELECTOR, "#info").text)
-    # an image over the size limit is refused with a message
-    Image.new("RGB", (5000, 40), (90, 90, 90)).save(tmp_path / "huge.png")
-    driver.get(url)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source input[type=file]"))
-    driver.find_element(By.CSS_SELECTOR, "#source input[type=file]").send_keys(str(tmp_path / "huge.png"))
-    driver.find_element(By.CSS_SELECTOR, "#source-prompt textarea").send_keys(source)
-    driver.find_element(By.CSS_SELECTOR, "#target-prompt textarea").send_keys(target)
-    time.sleep(1.0)
-    driver.find_element(By.CSS_SELECTOR, "#run").click()
-    wait.until(lambda d: "at most 4096 pixels a side" in d.find_element(By.TAG_NAME, "body").text)
+    # an image over the server's max_input_pixels is refused with the limit's line
+    Image.new("RGB", (250, 200), (90, 90, 90)).save(tmp_path / "huge.png")
+    _upload_and_run(driver, url, tmp_path / "huge.png", source, target)
+    refusal = "the uploaded image (250x200 = 50000 pixels) is over the limit max_input_pixels=40000"
+    wait.until(lambda d: refusal in _body(d))
+    assert "Could not preprocess" not in _body(driver)
+
+
+def test_non_image_uploads_get_editflows_message(browser_app, tmp_path):
+    """A text file (named .txt, or .png) through the page's file input: the editor does not take
+    it (no request carries it), so Edit says to upload an image, with no Gradio dump. Sent through
+    the API (gradio_client), the same file reaches the server and gets editflow's line."""
+    from gradio_client import Client, handle_file
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, url = browser_app
+    for name in ("notes.txt", "text.png"):
+        (tmp_path / name).write_text("hello, I am not a picture")
+        _upload_and_run(driver, url, tmp_path / name)
+        WebDriverWait(driver, 30).until(lambda d: ctl.NO_IMAGE in _body(d))
+        assert "Could not preprocess" not in _body(driver) and "imageeditor" not in _body(driver)
+    client = Client(url, verbose=False)
+    value = {"background": handle_file(str(tmp_path / "text.png")), "layers": [], "composite": None}
+    with pytest.raises(Exception) as info:
+        client.predict(value, "a scene", "another scene", api_name="/on_run")
+    assert str(info.value) == ctl.NOT_AN_IMAGE

@@ -18,36 +18,48 @@ from .limits import Limits
 WRITABLE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
-def open_image(path: str | os.PathLike, what: str = "input image", limits: Limits | None = None) -> Image.Image:
-    """Decode an image file, or raise :class:`EditflowError` naming the problem.
+def open_checked(file, what: str, limits: Limits, not_image: str | None = None) -> Image.Image:
+    """Open ``file`` (a path or a binary file object) lazily: only its header is read, and its size
+    is checked against ``limits.max_input_pixels`` before any pixel is decoded (decompression
+    bombs are refused). The caller closes the image. A file Pillow cannot identify raises
+    :class:`EditflowError` with ``not_image`` (default: a line naming ``what`` and Pillow's reason)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+            im = Image.open(file)
+    except Image.DecompressionBombError:  # Pillow's own bound, when max_input_pixels is raised above it
+        raise limits.refuse("max_input_pixels", what, Image.MAX_IMAGE_PIXELS * 2, "make it smaller") from None
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError ...) for broken files
+        raise EditflowError(not_image or _unreadable(what, file, exc)) from None
+    try:
+        limits.check_input(*im.size, what)
+    except EditflowError:
+        im.close()
+        raise
+    return im
 
-    Its size is checked from the header against ``limits.max_input_pixels`` before any pixel is
-    decoded (decompression bombs are refused), and its EXIF orientation is applied, so a portrait
-    photo is edited upright. The mode is kept (see :func:`to_rgb`).
-    """
+
+def _unreadable(what: str, file, exc: Exception) -> str:
+    detail = " ".join(str(exc).replace(repr(str(file)), "").split()) or type(exc).__name__
+    return f"{what} is not an image file that can be read (PNG, JPEG, WebP, ...): {detail}"
+
+
+def open_image(path: str | os.PathLike, what: str = "input image", limits: Limits | None = None) -> Image.Image:
+    """Decode an image file (:func:`open_checked` first), or raise :class:`EditflowError` naming
+    the problem. Its EXIF orientation is applied, so a portrait photo is edited upright. The
+    mode is kept (see :func:`to_rgb`)."""
     limits = limits or Limits.from_env()
     p = Path(path)
     if not p.exists():
         raise EditflowError(f"{what} not found: {p}")
     if p.is_dir():
         raise EditflowError(f"{what} is a folder, not a file: {p}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-            im = Image.open(p)
-        with im:
-            limits.check_input(*im.size, f"{what} {p}")
+    with open_checked(p, f"{what} {p}", limits) as im:
+        try:
             im.load()
             return ImageOps.exif_transpose(im)
-    except EditflowError:
-        raise
-    except Image.DecompressionBombError:
-        raise limits.refuse("max_input_pixels", f"{what} {p}", Image.MAX_IMAGE_PIXELS * 2,
-                            "make it smaller") from None
-    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError ...) for broken files
-        detail = " ".join(str(exc).replace(repr(str(p)), "").split()) or type(exc).__name__
-        raise EditflowError(f"{what} {p} is not an image file that can be read (PNG, JPEG, WebP, ...): "
-                            f"{detail}") from None
+        except Exception as exc:  # a header Pillow reads over data it cannot decode (truncated, corrupt)
+            raise EditflowError(_unreadable(f"{what} {p}", p, exc)) from None
 
 
 def load_image(path: str | os.PathLike, limits: Limits | None = None) -> Image.Image:

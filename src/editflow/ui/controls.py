@@ -10,12 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..errors import EditflowError
+from ..images import open_checked, to_rgb
+from ..limits import Limits
 from ..methods.base import METHODS, MethodParams, coerce_value
 
 MAX_UPLOAD_MB = 50  # Gradio refuses larger uploads outright
-MAX_SIDE = 4096  # larger images are refused with a message
+NOT_AN_IMAGE = "the upload is not an image: use a PNG, JPEG or WebP file"
+NO_IMAGE = "upload an image first (PNG, JPEG or WebP; other files are not taken), or press 'shapes example'"
 NATIVE_SIDE = {"shapes": 64, "flux": 1024, "sd3": 1024, "unet": 512}  # the UI's working size by model/family
 
 
@@ -91,30 +95,42 @@ def overrides(method: str, family: str, values: list[Any]) -> dict[str, Any]:
     return out
 
 
-def check_image(image: Any) -> np.ndarray:
-    """An uploaded image as RGB uint8 ``[H, W, 3]``, or an :class:`EditflowError` saying why not."""
+def check_upload(file, limits: Limits) -> None:
+    """An uploaded file (path or binary file object) before it is decoded: an image Pillow can
+    identify (else :data:`NOT_AN_IMAGE`), of a size within ``limits.max_input_pixels`` read from
+    its header (else the limit's refusal); raises :class:`EditflowError`."""
+    open_checked(file, "the uploaded image", limits, not_image=NOT_AN_IMAGE).close()
+
+
+def check_image(image: Any, limits: Limits | None = None) -> np.ndarray:
+    """An uploaded image (PIL image or array ``[H, W]`` / ``[H, W, C]``, C in 1-4) as RGB uint8
+    ``[H, W, 3]`` by :func:`editflow.images.to_rgb` (transparency composited on white), or an
+    :class:`EditflowError` saying why not: nothing uploaded, not an image, or over
+    ``limits.max_input_pixels`` (default :meth:`Limits.from_env`). Array values are clipped to 0..255."""
+    limits = limits or Limits.from_env()
     if image is None:
-        raise EditflowError("upload an image first (or press 'shapes example')")
+        raise EditflowError(NO_IMAGE)
+    if isinstance(image, Image.Image):
+        limits.check_input(*image.size, "the uploaded image")
+        return np.asarray(to_rgb(image))
     arr = np.asarray(image)
-    if arr.dtype == object or arr.ndim not in (2, 3) or arr.size == 0:
-        raise EditflowError("the upload is not an image: use a PNG, JPEG or WebP file")
-    if max(arr.shape[:2]) > MAX_SIDE:
-        raise EditflowError(f"the image is {arr.shape[1]}x{arr.shape[0]} pixels: upload one of at most {MAX_SIDE} "
-                            "pixels a side")
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, -1)
-    if arr.shape[2] == 4:  # RGBA: composite on white
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        arr = arr[..., :3] * alpha + 255.0 * (1 - alpha)
-    return np.clip(arr[..., :3], 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.dtype.kind not in "biuf" or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (2, 3, 4)):
+        raise EditflowError(NOT_AN_IMAGE)
+    limits.check_input(arr.shape[1], arr.shape[0], "the uploaded image")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.nan_to_num(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.asarray(to_rgb(Image.fromarray(arr)))  # L, LA, RGB or RGBA by its channels
 
 
-def editor_parts(value: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image and the painted mask (union of the non-transparent pixels of every layer, or
-    None when nothing is painted) of an image-editor value ``{"background", "layers", ...}``."""
+def editor_parts(value: Any, limits: Limits | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image (:func:`check_image`) and the painted mask (union of the non-transparent pixels
+    of every layer, or None when nothing is painted) of an image-editor value ``{"background",
+    "layers", ...}``."""
     if not isinstance(value, dict):
-        return check_image(value), None
-    image = check_image(value.get("background"))
+        return check_image(value, limits), None
+    image = check_image(value.get("background"), limits)
     mask = np.zeros(image.shape[:2], bool)
     for layer in value.get("layers") or []:
         layer = np.asarray(layer)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..limits import Limits
 from .captions import caption
 from .edits import EDIT_KINDS, check_kind, sample_edit
 from .render import render
@@ -38,6 +39,7 @@ def check_options(n: int, size: int) -> None:
         raise WorldError(f"--n must be at least 1, got {n}")
     if size < MIN_SIZE:
         raise WorldError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
+    Limits.from_env().check_input(size, size, f"--size {size}")
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...]:
