@@ -88,7 +88,9 @@ CLI_CASES = {
     "unknown device": (["--device", "tpu"], "unknown device 'tpu'"),
     "bad attention backend": (["--attention", "fastest"], "unknown attention backend"),
     "prompt too long": (["--limit", "max_prompt_chars=5"], "max_prompt_chars=5"),
-    "unknown mask rule by method": (["--method", "kv_edit"], "needs a mask"),
+    "kv_edit without a mask": (["--method", "kv_edit"], "needs a mask"),
+    "n_avg with few edit steps": (["--steps", "100", "--set", "n_max=10", "--set", "n_min=9", "--set", "n_avg=40"],
+                                  "80 batch rows in one model call is over the limit max_rows=64"),
 }
 
 
@@ -153,11 +155,52 @@ def readonly_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_cli_read_only_output_folder_is_refused_before_the_edit(tmp_path, photo, tiny):
-    before = tiny.counter.total.copy()
-    r = cli_edit(photo, "-s", SRC, "-t", TAR, "-o", readonly_folder(tmp_path) / "out.png")
-    one_line_error(r, "cannot write to the output folder")
-    assert "model calls" not in r.stderr and tiny.counter.total == before
+@pytest.fixture()
+def no_model(monkeypatch):
+    """Loading a model fails the test: the refusal must come first."""
+    import editflow.models.zoo as zoo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    monkeypatch.setattr(zoo, "load_model", refuse)
+
+
+def test_cli_read_only_output_folder_is_refused_before_the_model_loads(tmp_path, photo, no_model, monkeypatch):
+    one_line_error(cli_edit(photo, "-s", SRC, "-t", TAR, "-o", readonly_folder(tmp_path) / "out.png"),
+                   "cannot write to the output folder")
+
+    def read_only_fs(*args, **kwargs):  # what a read-only mount answers, whoever asks
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only_fs)
+    one_line_error(cli_edit(photo, "-s", SRC, "-t", TAR, "-o", tmp_path / "out.png"),
+                   "cannot write to the output folder")
+    assert leftovers(tmp_path, {"photo.png"}) == []
+
+
+def test_cli_plain_cuda_device_without_cuda(tmp_path, photo, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = one_line_error(cli_edit(photo, "-s", SRC, "-t", TAR, "-o", tmp_path / "o.png", "--device", "cuda"),
+                         "device 'cuda': this machine has no CUDA GPU")
+    assert "--device cpu" in msg
+
+
+def test_cli_failed_output_write_takes_the_before_after_image_with_it(tmp_path, photo, monkeypatch):
+    saved = []
+    original = Image.Image.save
+
+    def second_write_fails(self, fp, format=None, **params):
+        saved.append(format)
+        if len(saved) == 2:  # the edited image, written after the before|after one
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, fp, format=format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", second_write_fails)
+    r = cli_edit(photo, "-s", SRC, "-t", TAR, "-o", tmp_path / "o.png", "--compare", tmp_path / "c.png",
+                 "--steps", "2", "-q")
+    one_line_error(r, "the disk is full")
+    assert len(saved) == 2 and leftovers(tmp_path, {"photo.png"}) == []
 
 
 def test_cli_output_path_that_is_a_folder(tmp_path, photo):
@@ -282,7 +325,13 @@ API_CASES = {
     "mask 3-d": (dict(method="kv_edit", mask=np.ones((2, 64, 64)), steps=8), EditflowError, "must be 2-D"),
     "mask strings": (dict(method="kv_edit", mask=np.array([["a", "b"]]), steps=8), EditflowError, "must hold numbers"),
     "subjects not a list": (dict(subjects="face.png"), ParameterError, "subjects must be a list"),
-    "subject wrong type": (dict(subjects=["face.png"]), ParameterError, "editflow.Subject"),
+    "subject wrong type": (dict(method="personalize_anything", mask=np.ones((64, 64)), subjects=["face.png"]),
+                           ParameterError, "editflow.Subject"),
+    "too many subjects": (dict(method="personalize_anything", mask=np.ones((64, 64)),
+                               subjects=[editflow.Subject(Image.new("RGB", (8, 8)), np.ones((8, 8)))] * 63),
+                          LimitError, "65 batch rows in one model call is over the limit max_rows=64"),
+    "n_avg with few edit steps": (dict(steps=100, n_max=10, n_min=9, n_avg=40), LimitError,
+                                  "80 batch rows in one model call"),
     "subjects on flowedit": (dict(subjects=[editflow.Subject(Image.new("RGB", (8, 8)), np.ones((8, 8)))]),
                              ParameterError, "takes no extra subjects"),
     "limits wrong type": (dict(limits={"max_steps": 5}), ParameterError, "limits must be an editflow.Limits"),
@@ -321,6 +370,7 @@ def test_api_numpy_scalars_are_numbers(tiny):
 
 
 def test_api_limits_argument_and_environment(tiny, monkeypatch):
+    assert editflow.Limits is Limits and issubclass(editflow.LimitError, editflow.ParameterError)
     image = Image.new("RGB", (64, 64), (40, 80, 120))
     # FlowEdit at 4 steps on FLUX: n_max = round(4 * 24 / 28) = 3 calls
     api_refusal(tiny, LimitError, "an edit of 3 model calls is over the limit max_nfe=2", image=image,
@@ -358,8 +408,8 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
         rgb = np.asarray(load_image(path))
         assert rgb.shape == (4, 6, 3) and (rgb == expected).all(), (mode, rgb[0, 0])
     png = tmp_path / "deep.png"
-    Image.new("I;16", (6, 4), 65535).save(png)
-    assert (np.asarray(load_image(png)) == 255).all()
+    Image.fromarray(np.full((4, 6), 40000, np.uint16)).save(png)  # clipping would give 255
+    assert (np.asarray(load_image(png)) == round(40000 / 65535 * 255)).all()
     levels = np.zeros((4, 6), np.uint16)
     levels[:, :3] = 40000  # left half above 50%, right half black
     half = Image.fromarray(levels)
@@ -425,3 +475,37 @@ def test_world_and_vital_layer_sizes_are_bounded(tmp_path):
     one_line_error(runner.invoke(app, [*base, "--steps", "5000"]), "max_steps")
     one_line_error(runner.invoke(app, [*base, "--seeds", "0,x"]), "--seeds expects whole numbers")
     assert leftovers(tmp_path, {"prompts.txt"}) == []
+
+
+def test_generate_is_bounded_too(tiny):
+    before = tiny.counter.total.copy()
+    with pytest.raises(LimitError, match="max_pixels"):
+        editflow.generate(tiny, "a red circle", 4096, 4096)
+    with pytest.raises(LimitError, match="max_steps=2"):
+        editflow.generate(tiny, "a red circle", 64, 64, steps=3, limits=Limits(max_steps=2))
+    with pytest.raises(ParameterError, match="height must be a positive whole number"):
+        editflow.generate(tiny, "a red circle", "64", 64)
+    with pytest.raises(ParameterError, match="prompt is not valid text"):
+        editflow.generate(tiny, "a \udc80", 64, 64)
+    assert tiny.counter.total == before
+
+
+def test_bench_mask_files_are_checked_before_the_model_loads(tmp_path, no_model):
+    from editflow.world.io import write_edits
+
+    data = write_edits(tmp_path / "set", 2, seed=0, kinds=["color"])
+    png_header_only(tmp_path / "set" / "mask" / "00001.png", 20_000, 20_000)
+    r = runner.invoke(app, ["bench", "run", "--data", str(data), "--out", str(tmp_path / "run"), "--methods",
+                            "kv_edit", "--model", "tiny-flux", "-q"])
+    msg = one_line_error(r, "max_input_pixels")
+    assert "item '00001'" in msg and not (tmp_path / "run").exists()
+
+
+def test_pillow_bound_named_when_the_limit_is_raised_past_it(tmp_path):
+    from editflow.images import open_checked
+
+    bomb = png_header_only(tmp_path / "bomb.png", 20_000, 20_000)  # 400 MP: over Pillow's 179 MP bound
+    with pytest.raises(LimitError, match="max_input_pixels=16777216"):
+        open_checked(bomb, "image", Limits())
+    with pytest.raises(EditflowError, match="raise PIL.Image.MAX_IMAGE_PIXELS too"):
+        open_checked(bomb, "image", Limits(max_input_pixels=10**9))

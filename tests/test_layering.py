@@ -23,6 +23,9 @@ def import_graph() -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):  # import editflow.x.y
+                deps |= {a.name for a in node.names} & modules.keys()
+                continue
             if not isinstance(node, ast.ImportFrom):
                 continue
             if node.level:

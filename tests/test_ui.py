@@ -110,7 +110,7 @@ def test_uploads_are_checked_before_gradio_decodes_them(tmp_path, monkeypatch):
     value = editor.preprocess(EditorData(background=FileData(path=str(tmp_path / "ok.png"))))
     assert value["background"].shape == (20, 30, 3) and (value["background"][0, 0] == (9, 90, 200)).all()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's bomb bound under a raised max_input_pixels
-    with pytest.raises(LimitError, match="the uploaded image is over the limit max_input_pixels"):
+    with pytest.raises(EditflowError, match="the uploaded image is over Pillow's own decompression-bomb bound"):
         ctl.check_upload(tmp_path / "ok.png", Limits(max_input_pixels=10**9))
 
 

@@ -7,7 +7,8 @@
 """
 
 from .api import EditResult, Subject, edit, generate
-from .errors import EditflowError, ModelNotAvailableError, ParameterError
+from .errors import EditflowError, LimitError, ModelNotAvailableError, ParameterError
+from .limits import Limits
 from .methods import METHODS
 from .methods.cache import InversionCache
 from .models.base import NFE, Cond, FlowModel, TokenGrid
@@ -25,6 +26,8 @@ __all__ = [
     "EditflowError",
     "FlowModel",
     "InversionCache",
+    "LimitError",
+    "Limits",
     "ModelNotAvailableError",
     "ParameterError",
     "Subject",

@@ -18,6 +18,7 @@ from .errors import ParameterError
 from .images import as_image, fit_size, load_mask, to_pil, to_tensor
 from .limits import Limits
 from .methods import EditRequest, SubjectTokens, get_method
+from .methods.base import check_work
 from .methods.cache import InversionCache
 from .models.base import NFE, FlowModel
 from .models.zoo import load_model
@@ -126,6 +127,13 @@ def check_request(family: str, method: str, source_prompt: str, target_prompt: s
     if not isinstance(method, str):
         raise ParameterError(f"method must be a name (str), got {type(method).__name__}")
     m = get_method(method)
+    if subjects is not None and not isinstance(subjects, (list, tuple)):
+        raise ParameterError(f"subjects must be a list of editflow.Subject, got {type(subjects).__name__}")
+    if m.params.NEEDS_MASK and mask is None:
+        raise ParameterError(f"{method} needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
+    if subjects and not m.params.TAKES_SUBJECTS:
+        raise ParameterError(f"{method} takes no extra subjects: drop subjects= (CLI: --subject) or use "
+                             "personalize_anything")
     p = m.params.for_family(family, **params)
     gen = make_generator(seed, generator)
     limits.check_prompt(source_prompt, "source_prompt")
@@ -134,12 +142,8 @@ def check_request(family: str, method: str, source_prompt: str, target_prompt: s
         raise ParameterError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
     if isinstance(mask, str) and mask != "auto" and not mask.strip():
         raise ParameterError("mask is an empty string: pass a file path, an image, an array or 'auto'")
-    if p.NEEDS_MASK and mask is None:
-        raise ParameterError(f"{method} needs a mask of the region to edit: pass mask=IMAGE (CLI: --mask PATH)")
     if cache is not None and not isinstance(cache, InversionCache):
         raise ParameterError(f"cache must be an editflow.InversionCache or None, got {type(cache).__name__}")
-    if subjects is not None and not isinstance(subjects, (list, tuple)):
-        raise ParameterError(f"subjects must be a list of editflow.Subject, got {type(subjects).__name__}")
     for subject in subjects or []:
         if not isinstance(subject, Subject):
             raise ParameterError(f"subjects must be editflow.Subject(image, mask, ...), got {type(subject).__name__}")
@@ -150,20 +154,9 @@ def check_request(family: str, method: str, source_prompt: str, target_prompt: s
             raise ParameterError(f"a subject's shift must be (dx, dy) in whole tokens, got {shift!r}")
         if subject.tau is not None and not (isinstance(subject.tau, numbers.Real) and 0.0 <= subject.tau <= 1.0):
             raise ParameterError(f"a subject's tau must be a number in [0, 1] or None, got {subject.tau!r}")
-    if subjects and not p.TAKES_SUBJECTS:
-        raise ParameterError(f"{method} takes no extra subjects: drop subjects= or use personalize_anything")
-    check_work(family, m, p, limits, extra_calls=1 if isinstance(mask, str) and mask == "auto" else 0)
+    check_work(m, p, family, limits, extra_calls=1 if isinstance(mask, str) and mask == "auto" else 0,
+               n_subjects=len(subjects or []))
     return m, p, gen, limits
-
-
-def check_work(family: str, m, p, limits: Limits, extra_calls: int = 0) -> None:
-    """``limits`` on method ``m``'s steps and NFE formula with params ``p`` on ``family``
-    (``extra_calls``: one-row calls besides the method's, e.g. the automatic mask's)."""
-    nfe = m.expected_nfe(p)
-    limits.check_work(p.steps, nfe.calls + extra_calls, nfe.rows + extra_calls, cfg=family in CFG_FAMILIES)
-
-
-CFG_FAMILIES = ("sd3", "unet")  # families whose calls evaluate each row twice (true classifier-free guidance)
 
 
 def edit(

@@ -90,8 +90,9 @@ def edit_cmd(
     """Edit IMAGE from the --source prompt towards the --target prompt."""
     _quiet_libraries()
     try:
-        from .images import check_output_path, load_image, save_image, side_by_side
+        from .images import check_output_path, fit_size, load_image, save_image, side_by_side
         from .limits import Limits
+        from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
 
         # Everything that can be checked before loading a model is checked first.
         limits = Limits.from_env().updated(limit)
@@ -99,7 +100,8 @@ def edit_cmd(
         if compare is not None:
             check_output_path(compare)
         pil = load_image(image, limits)
-        limits.check_working(*pil.size, model or "the model")  # the exact working size is checked again
+        name = model or DEFAULT_MODEL
+        limits.check_working(*fit_size(*pil.size, 16), name)  # again at the model's own multiple in edit()
         if mask is not None and str(mask) != "auto":
             from .images import load_mask
 
@@ -107,35 +109,35 @@ def edit_cmd(
         from .methods import get_method
 
         m = get_method(method)
-        if m.params.NEEDS_MASK and mask is None:
-            raise EditflowError(f"{method} needs a mask of the region to edit: pass --mask PATH (white = edit)")
         overrides = _parse_sets(sets or [], m.params)
         subjects = [_parse_subject(text, limits) for text in subject or []]
-        if subjects and not m.params.TAKES_SUBJECTS:
-            raise EditflowError(f"{method} takes no --subject: use --method personalize_anything")
         if steps is not None:
             overrides["steps"] = steps
         request = dict(method=method, source_prompt=source, target_prompt=target, params=overrides, seed=seed,
                        mask=None if mask is None else str(mask), subjects=subjects, limits=limits)
 
         from .api import check_request, edit
-        from .models.zoo import DEFAULT_MODEL, NOISE_MODELS, load_model
 
-        known = _family_early(m, model)
-        if known is not None:
-            check_request(known, **request)  # parameters, seed, prompts and limits, before the model loads
-        name = model or DEFAULT_MODEL
+        # parameters, seed, prompts and limits before the model loads: on its family when the zoo or
+        # the folder tells it, else (a hub id) on the first of the method's families that takes them
+        families = [known] if (known := _family_early(m, model)) is not None else list(m.params.FAMILIES)
+        errors = []
+        for fam in families:
+            try:
+                check_request(fam, **request)
+                break
+            except EditflowError as exc:
+                errors.append(exc)
+        else:
+            raise errors[0]
         backend = attention_backend(attention)  # a bad name fails before the model loads
         adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
                              progress=not quiet)
         if compile_model:
             adapter.denoiser.compile()
-        check_request(adapter.family, **request)  # hub ids: known only now; before the work either way
         if not quiet:
             if name in NOISE_MODELS:
                 typer.echo(f"note: {name} has random weights: its output is noise (it exists to test the code)", err=True)
-            from .images import fit_size
-
             work = fit_size(*pil.size, adapter.pixel_multiple)
             if work != pil.size:
                 typer.echo(
@@ -147,9 +149,14 @@ def edit_cmd(
         with backend:
             result = edit(adapter, pil, source, target, method=method, seed=seed, progress=not quiet,
                           mask=request["mask"], subjects=subjects, limits=limits, **overrides)  # "auto" passes
-        save_image(result.image, output)
-        if compare is not None:
+        if compare is not None:  # first, so that a failed write leaves no edited image without it
             save_image(side_by_side([pil, result.image]), compare)
+        try:
+            save_image(result.image, output)
+        except EditflowError:
+            if compare is not None:
+                compare.unlink(missing_ok=True)
+            raise
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:
@@ -228,12 +235,14 @@ def demo_cmd(
     try:
         from .demo import run_demo
         from .images import check_output_path, save_image
+        from .limits import check_seed
         from .methods import get_method
         from .models.zoo import DEFAULT_MODEL, load_model
         from .world.edits import check_kind
 
         check_output_path(output)
         check_kind(kind)
+        check_seed(seed, "--seed")
         names = [m.strip() for m in methods.split(",") if m.strip()]
         for name in names:
             get_method(name)
@@ -403,8 +412,9 @@ def vital_layers_cmd(
             limits.check_prompt(text, f"a prompt of {prompts}")
         name = model or DEFAULT_MODEL
         native = 64 if name == DEFAULT_MODEL else None
-        limits.check_working(size or native or 1024, size or native or 1024, name)
-        limits.check_work(steps, steps, steps)  # each generation; there are (layers + 1) x prompts x seeds
+        side = size or native or 1024
+        limits.check_working(side, side, name, fix="pass a smaller --size")
+        limits.check_work(steps, steps, 1)  # each generation; there are (layers + 1) x prompts x seeds
         adapter = load_model(name, device=device, progress=not quiet)
         sim = similarity_function(similarity, similarity_model, device)
         scores = vitality(adapter, lines, seed_list, steps, size or native, similarity=sim,
@@ -531,7 +541,7 @@ def main() -> None:
         hint = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) is not None else ""
         typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
         sys.exit(exc.exit_code)
-    except exceptions.Abort:
+    except typer.Abort:
         typer.echo("error: aborted", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

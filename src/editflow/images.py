@@ -27,8 +27,12 @@ def open_checked(file, what: str, limits: Limits, not_image: str | None = None) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             im = Image.open(file)
-    except Image.DecompressionBombError:  # Pillow's own bound, when max_input_pixels is raised above it
-        raise limits.refuse("max_input_pixels", what, Image.MAX_IMAGE_PIXELS * 2, "make it smaller") from None
+    except Image.DecompressionBombError:  # over Pillow's own bound, which stops the header read
+        bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if bound < limits.max_input_pixels:  # the user raised our limit past Pillow's
+            raise EditflowError(f"{what} is over Pillow's own decompression-bomb bound (2 x PIL.Image.MAX_IMAGE_PIXELS"
+                                f" = {bound} pixels): make it smaller, or raise PIL.Image.MAX_IMAGE_PIXELS too") from None
+        raise limits.refuse("max_input_pixels", f"{what} (over {bound} pixels)", bound + 1, "make it smaller") from None
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError ...) for broken files
         raise EditflowError(not_image or _unreadable(what, file, exc)) from None
     try:

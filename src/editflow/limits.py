@@ -27,7 +27,6 @@ point starts from).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -82,7 +81,8 @@ class Limits:
         """The one-line refusal: what is over which limit, the fix, and how to raise the limit."""
         return LimitError(
             f"{what} is over the limit {name}={getattr(self, name)}: {fix}, or raise the limit on purpose "
-            f"(--limit {name}={needed}, limits=editflow.Limits({name}={needed}) or {ENV_PREFIX}{name.upper()}={needed})"
+            f"(--limit {name}={needed} for edit, bench run, ui and vital-layers; limits=editflow.Limits({name}={needed}) "
+            f"in Python; {ENV_PREFIX}{name.upper()}={needed} for every command)"
         )
 
     def check_input(self, width: int, height: int, what: str) -> None:
@@ -93,23 +93,23 @@ class Limits:
             raise self.refuse("max_input_pixels", f"{what} ({width}x{height} = {width * height} pixels)",
                               width * height, "make it smaller")
 
-    def check_working(self, width: int, height: int, model: str) -> None:
-        """The size the model edits at."""
+    def check_working(self, width: int, height: int, model: str,
+                      fix: str = "resize the image first (2 megapixels suit FLUX and SD3)") -> None:
+        """The size the model works at (an edit's image after rounding, a generation's size)."""
         if width * height > self.max_pixels:
-            raise self.refuse("max_pixels", f"editing at {width}x{height} ({width * height} pixels) on {model}",
-                              width * height, "resize the image first (2 megapixels suit FLUX and SD3)")
+            raise self.refuse("max_pixels", f"working at {width}x{height} ({width * height} pixels) on {model}",
+                              width * height, fix)
 
-    def check_work(self, steps: int, calls: int, rows: int, cfg: bool = False) -> None:
-        """A method's schedule length and its NFE formula (``calls`` model calls evaluating
-        ``rows`` rows without CFG; ``cfg`` doubles the rows of each call)."""
+    def check_work(self, steps: int, calls: int, rows_per_call: int) -> None:
+        """A method's schedule length, its model calls (its NFE formula) and the batch rows of
+        its largest call (CFG included); see :func:`editflow.methods.base.check_work`."""
         if steps > self.max_steps:
             raise self.refuse("max_steps", f"steps={steps}", steps, "use fewer steps")
         if calls > self.max_nfe:
             raise self.refuse("max_nfe", f"an edit of {calls} model calls", calls, "use fewer steps")
-        per_call = math.ceil(rows / max(calls, 1)) * (2 if cfg else 1)
-        if per_call > self.max_rows:
-            raise self.refuse("max_rows", f"{per_call} batch rows a model call", per_call,
-                              "lower n_avg (the rows evaluated together)")
+        if rows_per_call > self.max_rows:
+            raise self.refuse("max_rows", f"{rows_per_call} batch rows in one model call", rows_per_call,
+                              "lower n_avg or the number of subjects (the rows evaluated together)")
 
     def check_prompt(self, text, what: str) -> str:
         """A prompt: a ``str`` that encodes as UTF-8 (no lone surrogates) within ``max_prompt_chars``."""

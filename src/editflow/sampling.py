@@ -7,7 +7,7 @@ import torch
 
 from .errors import ParameterError
 from .images import to_pil
-from .limits import check_seed
+from .limits import Limits, check_seed
 from .models.base import Cond, FlowModel
 from .solvers import euler
 
@@ -38,12 +38,21 @@ def generate(
     generator: torch.Generator | None = None,
     latents: torch.Tensor | None = None,
     output_type: str = "pil",
+    limits: Limits | None = None,
 ):
     """Text-to-image with the Euler sampler (FluxPipeline's own loop, in editflow's terms).
 
     ``latents`` gives the initial noise tokens; otherwise they are drawn from ``seed`` exactly as
-    diffusers draws them. ``output_type="latent"`` returns the final tokens.
+    diffusers draws them. ``output_type="latent"`` returns the final tokens. ``limits`` (default
+    :meth:`Limits.from_env`) bound the prompt, the size and the steps before any model call.
     """
+    limits = limits or Limits.from_env()
+    limits.check_prompt(prompt, "prompt")
+    for name, value in (("height", height), ("width", width), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParameterError(f"{name} must be a positive whole number, got {value!r}")
+    limits.check_working(width, height, model.name, fix="generate a smaller image")
+    limits.check_work(steps, steps, 1)
     grid = model.grid(height, width)
     z = latents if latents is not None else model.noise(grid, make_generator(seed, generator))
     cond: Cond = model.encode_prompt(prompt)

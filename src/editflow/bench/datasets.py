@@ -55,6 +55,7 @@ class EditRecord:
     target_image: Path | None = None
     extras: dict = field(default_factory=dict)
     mask_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    mask_file: Path | None = None  # where the mask is an image file (shapes sets), for header checks
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -366,15 +367,16 @@ def read_shapes(path: str | os.PathLike) -> list[EditRecord]:
             id=fields["id"], image=_existing(root, fields["source_image"], "image", where),
             source_prompt=fields["source_prompt"], target_prompt=fields["target_prompt"], category=fields["kind"],
             target_image=_existing(root, fields["target_image"], "image", where), extras=extras,
-            mask_loader=lambda p=mask_path: _png_mask(p),
+            mask_loader=lambda p=mask_path: _png_mask(p), mask_file=mask_path,
         )))
     return _checked(file, found, "give each line its own id")
 
 
 def _png_mask(path: Path) -> np.ndarray:
-    from PIL import Image
+    """A mask file read by editflow's image rule (size limit, 16-bit scaled), white = edit."""
+    from ..images import grey_levels, open_image
 
-    return np.asarray(Image.open(path).convert("L")) > 127
+    return grey_levels(open_image(path, "mask file")) >= 0.5
 
 
 def load_dataset(path: str | os.PathLike) -> list[EditRecord]:

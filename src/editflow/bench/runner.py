@@ -184,16 +184,15 @@ def pixel_metrics() -> list[Metric]:
 
 def oracle_metric() -> Metric:
     """The shapes world's exact scores, for records that carry their scenes."""
-    from PIL import Image
-
     from .. import world
+    from ..images import load_image
 
     def fn(src, out, rec):
         if "source_scene" not in rec.extras or out.shape[:2] != src.shape[:2]:
             return {}
         edit = world.Edit(rec.category, world.Scene.from_dict(rec.extras["source_scene"]),
                           world.Scene.from_dict(rec.extras["target_scene"]), rec.extras.get("index"))
-        target = np.asarray(Image.open(rec.target_image).convert("RGB"))
+        target = np.asarray(load_image(rec.target_image))
         ex = world.EditExample(rec.category, src, target, rec.source_prompt, rec.target_prompt, rec.mask, edit)
         scores = world.edit_scores(ex, out)
         return {f"oracle_{k}": float(v) for k, v in scores.items() if isinstance(v, (bool, int, float, np.floating))}
@@ -272,34 +271,28 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
 
 
 def _check_images(items: list[EditRecord], limits: Limits) -> None:
-    """Open the header of every item's image (and ground truth), refusing one that cannot be read
-    or is over ``limits.max_input_pixels``; check each item's prompts against ``limits``."""
-    from PIL import Image
+    """Read the header of every item's image, ground truth and mask file
+    (:func:`editflow.images.open_checked`: readable, within ``limits.max_input_pixels``) and check
+    each item's prompts against ``limits``, before any model loads."""
+    from ..images import open_checked
 
     for rec in items:
         limits.check_prompt(rec.source_prompt, f"item {rec.id!r}'s source prompt")
         limits.check_prompt(rec.target_prompt, f"item {rec.id!r}'s target prompt")
-        for path in filter(None, (rec.image, rec.target_image)):
-            try:
-                with Image.open(path) as im:
-                    limits.check_input(*im.size, f"item {rec.id!r}'s image {path}")
-            except EditflowError:
-                raise
-            except Exception as exc:  # PIL raises many kinds for a broken file
-                raise EditflowError(one_line(f"item {rec.id!r}: {path} is not an image that can be read ({exc}): "
-                                             "replace the file or remove the item")) from None
+        for path in filter(None, (rec.image, rec.target_image, rec.mask_file)):
+            open_checked(path, f"item {rec.id!r}'s file {path}", limits).close()
 
 
 def _resolved(methods: list[str], overrides: dict[str, dict[str, Any]], family: str, limits: Limits
               ) -> dict[str, dict]:
     """Each method's parameters on ``family``, checked against ``limits`` (steps, NFE, rows)."""
-    from ..api import check_work
     from ..methods import get_method
+    from ..methods.base import check_work
 
     out = {}
     for m in methods:
         params = get_method(m).params.for_family(family, **overrides[m])
-        check_work(family, get_method(m), params, limits)
+        check_work(get_method(m), params, family, limits)
         out[m] = params.to_dict()
     return out
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from ..errors import ParameterError
+from ..limits import Limits
 from ..models.base import NFE, TokenGrid
 
 
@@ -112,8 +113,7 @@ class MethodParams:
             setattr(self, f.name, value)
 
     def validate(self) -> None:
-        """Check types and ranges; raise :class:`ParameterError` naming the parameter."""
-        self.check_types()
+        """Check ranges (:meth:`check_types` has run); raise :class:`ParameterError` naming the parameter."""
         if self.steps < 1:
             raise ParameterError(f"parameter 'steps' must be >= 1, got {self.steps}")
 
@@ -189,26 +189,51 @@ def coerce_value(params_cls: type[MethodParams], name: str, text: str) -> Any:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method. ``peak_rows(params, n_subjects)``: the most batch rows one of its
+    model calls evaluates (without CFG); ``None``: every call evaluates ``rows / calls`` of
+    :attr:`expected_nfe` (rounded up)."""
+
     name: str
     params: type[MethodParams]
     run: Callable[..., torch.Tensor]
     expected_nfe: Callable[[MethodParams], NFE]
     paper: str
     summary: str
+    peak_rows: Callable[[MethodParams, int], int] | None = None
+
+    def rows_per_call(self, p: MethodParams, n_subjects: int = 0) -> int:
+        if self.peak_rows is not None:
+            return self.peak_rows(p, n_subjects)
+        nfe = self.expected_nfe(p)
+        return math.ceil(nfe.rows / max(nfe.calls, 1))
 
 
 METHODS: dict[str, Method] = {}
 
+CFG_FAMILIES = ("sd3", "unet")  # families whose calls evaluate each row twice (true classifier-free guidance)
 
-def register(name: str, params: type[MethodParams], expected_nfe: Callable[[MethodParams], NFE], paper: str):
-    """Decorator: register ``run`` under ``name`` with its params class, NFE formula and citation."""
+
+def register(name: str, params: type[MethodParams], expected_nfe: Callable[[MethodParams], NFE], paper: str,
+             peak_rows: Callable[[MethodParams, int], int] | None = None):
+    """Decorator: register ``run`` under ``name`` with its params class, NFE formula, citation and,
+    where calls differ in size, its ``peak_rows`` (see :class:`Method`)."""
 
     def wrap(run):
         summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
-        METHODS[name] = Method(name, params, run, expected_nfe, paper, summary)
+        METHODS[name] = Method(name, params, run, expected_nfe, paper, summary, peak_rows)
         return run
 
     return wrap
+
+
+def check_work(m: Method, p: MethodParams, family: str, limits: Limits, extra_calls: int = 0,
+               n_subjects: int = 0) -> None:
+    """``limits`` on method ``m`` with params ``p`` on ``family``: its steps, its NFE formula plus
+    ``extra_calls`` (e.g. the automatic mask's one call), and the rows of its largest call
+    (doubled under CFG); raises :class:`~editflow.errors.LimitError`."""
+    calls = m.expected_nfe(p).calls + extra_calls
+    rows = m.rows_per_call(p, n_subjects) * (2 if family in CFG_FAMILIES else 1)
+    limits.check_work(p.steps, calls, rows)
 
 
 def get_method(name: str) -> Method:

@@ -96,7 +96,7 @@ def flowedit_nfe(p: FlowEditParams) -> NFE:
     return NFE(calls=edit_steps + p.n_min, rows=2 * p.n_avg * edit_steps + p.n_min)
 
 
-@register("flowedit", FlowEditParams, flowedit_nfe, PAPER)
+@register("flowedit", FlowEditParams, flowedit_nfe, PAPER, peak_rows=lambda p, n: 2 * p.n_avg)
 def flowedit(model: FlowModel, req: EditRequest, p: FlowEditParams, generator: torch.Generator) -> torch.Tensor:
     """Inversion-free editing along a noise-free source-to-target path (FlowEdit)."""
     ts = model.schedule(p.steps, req.grid)

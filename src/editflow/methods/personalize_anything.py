@@ -140,7 +140,7 @@ def _reference(x, mask, prompt, shift, tau, grid, p: PersonalizeParams, generato
     return _Reference(x.float(), subject, src.to(x.device), dst.to(x.device), p.tau if tau is None else tau, prompt)
 
 
-@register("personalize_anything", PersonalizeParams, personalize_nfe, PAPER)
+@register("personalize_anything", PersonalizeParams, personalize_nfe, PAPER, peak_rows=lambda p, n: 2 + n)
 def personalize_anything(model: FlowModel, req: EditRequest, p: PersonalizeParams,
                          generator: torch.Generator) -> torch.Tensor:
     """Generate from noise with the reference subjects' tokens pasted early and attended to late."""

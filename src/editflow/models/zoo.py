@@ -201,8 +201,12 @@ def read_model_index(folder: Path) -> dict:
 def check_safetensors(folder: Path) -> None:
     """Refuse a pipeline folder whose weights exist only as pickle files (``.bin`` ...): editflow
     loads weights through safetensors only, since unpickling runs code from the file."""
-    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = [f for f in component.iterdir() if f.is_file()]
+    try:
+        components = {c: [f for f in c.iterdir() if f.is_file()] for c in folder.iterdir() if c.is_dir()}
+    except OSError as exc:
+        raise ModelNotAvailableError(f"cannot list the pipeline folder {folder} ({exc.strerror or exc}): "
+                                     "check its permissions") from None
+    for component, files in sorted(components.items()):
         pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
         if pickles and not any(f.suffix == ".safetensors" for f in files):
             raise ModelNotAvailableError(

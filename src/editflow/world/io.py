@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..limits import Limits
+from ..limits import Limits, check_seed
 from .captions import caption
 from .edits import EDIT_KINDS, check_kind, sample_edit
 from .render import render
@@ -34,12 +34,13 @@ from .scene import WorldError, sample_scene
 MIN_SIZE = 16
 
 
-def check_options(n: int, size: int) -> None:
+def check_options(n: int, size: int, seed: int = 0) -> None:
     if n < 1:
         raise WorldError(f"--n must be at least 1, got {n}")
     if size < MIN_SIZE:
         raise WorldError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
     Limits.from_env().check_input(size, size, f"--size {size}")
+    check_seed(seed, "--seed")
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...]:
@@ -91,7 +92,7 @@ def write_samples(
 
     ``progress`` optionally wraps the item range (e.g. ``tqdm``).
     """
-    check_options(n, size)
+    check_options(n, size, seed)
     root = _folder(out, "images")
     rows = []
     for i in progress(range(n)) if progress else range(n):
@@ -111,7 +112,7 @@ def write_edits(
     textures: bool = False, paraphrase: bool = False, progress: Callable | None = None,
 ) -> Path:
     """Write ``n`` edit examples (source, ground-truth target, mask) to ``out``; returns the JSONL path."""
-    check_options(n, size)
+    check_options(n, size, seed)
     kinds = tuple(check_kind(k) for k in kinds)
     if not kinds:
         raise WorldError(f"--kinds names no kind: choose from {', '.join(EDIT_KINDS)}")

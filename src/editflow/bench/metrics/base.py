@@ -57,7 +57,13 @@ def masks(mask, n: int, shape: tuple[int, int]) -> list[np.ndarray | None]:
 
 def resolve_checkpoint(name_or_path: str, option: str, loader, **kwargs):
     """Load ``name_or_path`` with ``loader`` (a ``from_pretrained``) without network access when
-    offline; a checkpoint that cannot be found is one line naming it and the option to pass."""
+    offline; a checkpoint that cannot be found is one line naming it and the option to pass.
+    Model weights load through safetensors only (``use_safetensors=True``: no unpickling)."""
+    from transformers import PreTrainedModel
+
+    owner = getattr(loader, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, PreTrainedModel):
+        kwargs.setdefault("use_safetensors", True)
     local = Path(name_or_path).expanduser()
     try:
         if local.exists():
