@@ -233,8 +233,8 @@ def edit(
             mask_gen = torch.Generator("cpu").manual_seed(gen.initial_seed() ^ 0x5EED)  # leaves gen's stream alone
             token_mask = auto_mask(model, x_src, grid, source_prompt, target_prompt, mask_gen).to(model.device)
         req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
-                          mask=token_mask, subjects=[SubjectTokens(model.encode_image(x), *rest)
-                                                     for x, *rest in subject_tokens],
+                          mask=token_mask, subjects=[SubjectTokens(model.encode_image(pixels), *rest)
+                                                     for pixels, *rest in subject_tokens],
                           cache=cache)
         latents = m.run(model, req, p, gen)
         out = to_pil(model.decode(latents, grid))

@@ -171,10 +171,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy())
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Validate an output path before any work is done: its suffix, that it is not a folder, and
-    that its folder exists and takes a new file (tried with a temporary file, which also catches
-    read-only file systems where permissions say yes)."""
+def _output_target(path: str | os.PathLike) -> Path:
+    """An output path whose suffix is writable, that is not a folder, in a folder that exists."""
     p = Path(path)
     if p.suffix.lower() not in WRITABLE_SUFFIXES:
         raise EditflowError(f"output {p} must end in one of {', '.join(WRITABLE_SUFFIXES)}")
@@ -182,6 +180,14 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise EditflowError(f"output {p} is an existing folder: name a file inside it, e.g. {p / 'edited.png'}")
     if not p.parent.exists():
         raise EditflowError(f"output folder {p.parent} does not exist: create it first")
+    return p
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Validate an output path before any work is done: :func:`_output_target`, and that its
+    folder takes a new file (tried with a temporary file, which also catches read-only file
+    systems where permissions say yes)."""
+    p = _output_target(path)
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         os.close(fd)
@@ -199,8 +205,9 @@ def _umask() -> int:
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write ``image`` atomically: to a temporary file beside ``path``, then rename."""
-    p = check_output_path(path)
+    """Write ``image`` atomically: to a temporary file beside ``path``, then rename (its own
+    temporary file is the writability test: no separate probe)."""
+    p = _output_target(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
