@@ -34,6 +34,7 @@ from editflow.world import (
     render,
     sample_edit,
     sample_scene,
+    split_of,
     ssim,
 )
 
@@ -280,7 +281,8 @@ def test_cli_world_sample(tmp_path):
     assert [row["file"] for row in rows] == [f"images/{i:05d}.png" for i in range(4)]
     for row in rows:
         scene = Scene.from_dict(row["scene"])
-        assert parse_caption(row["caption"]) == scene
+        assert scene.version == 2 and scene.grain is not None
+        assert parse_caption(row["caption"]).graph_key() == scene.graph_key()
         with Image.open(out / row["file"]) as im:
             assert (np.asarray(im) == render(scene, 48)).all()
     assert not list(out.rglob("*.tmp"))
@@ -297,7 +299,9 @@ def test_cli_world_edits(tmp_path):
     assert [row["id"] for row in rows] == [f"{i:05d}" for i in range(6)]
     for row in rows:
         src, tgt = Scene.from_dict(row["source_scene"]), Scene.from_dict(row["target_scene"])
-        assert parse_caption(row["source_prompt"]) == src and parse_caption(row["target_prompt"]) == tgt
+        assert split_of(src) == split_of(tgt) == "held_out"
+        assert parse_caption(row["source_prompt"]).graph_key() == src.graph_key()
+        assert parse_caption(row["target_prompt"]).graph_key() == tgt.graph_key()
         source, target, mask = (np.asarray(Image.open(out / row[k])) for k in ("source_image", "target_image", "mask"))
         assert (source == render(src)).all() and (target == render(tgt)).all()
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -306,12 +310,26 @@ def test_cli_world_edits(tmp_path):
     assert runner.invoke(app, [*args, "-q"]).exit_code == 0 and (out / "edits.jsonl").read_bytes() == first
 
 
+def test_cli_world_version_1_still_writes_the_shapes_models_world(tmp_path):
+    out = tmp_path / "v1"
+    r = runner.invoke(app, ["world", "edits", "--n", "3", "--seed", "5", "--world-version", "1", "--split", "any",
+                            "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    for i, row in enumerate(_rows(out / "edits.jsonl")):
+        ex = sample_edit(np.random.default_rng([5, i]), EDIT_KINDS[i])
+        assert Scene.from_dict(row["source_scene"]) == ex.edit.source and "version" not in row["source_scene"]
+        assert row["target_prompt"] == ex.target_prompt
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
         (["sample", "--n", "0"], "--n must be at least 1"),
         (["edits", "--n", "2", "--kinds", "color,recolor"], "unknown edit kind 'recolor'"),
         (["edits", "--n", "2", "--size", "4"], "--size must be at least"),
+        (["edits", "--n", "2", "--world-version", "3"], "unknown world version 3"),
+        (["edits", "--n", "2", "--split", "test"], "unknown split 'test'"),
+        (["sample", "--n", "2", "--textures"], "--textures is for world version 1"),
     ],
 )
 def test_cli_world_bad_input_fails_with_one_line(tmp_path, args, needle):

@@ -8,8 +8,8 @@
     editflow models
     editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...]
     editflow bench report DIR
-    editflow world sample --n N --seed S -o DIR [--size 64] [--textures] [--paraphrase]
-    editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--size 64] [...]
+    editflow world sample --n N --seed S -o DIR [--size 64] [--world-version 2] [--split any] [--paraphrase]
+    editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--world-version 2] [--split held_out] [...]
 
 Every user mistake ends the command with one line on stderr (``error: ...``), exit status 2,
 and no output file.
@@ -338,13 +338,16 @@ def world_sample_cmd(
     size: int = typer.Option(64, "--size", help="Image side in pixels."),
     textures: bool = typer.Option(False, "--textures", help="Also striped and dotted backgrounds."),
     paraphrase: bool = typer.Option(False, "--paraphrase", help="Paraphrased captions instead of canonical ones."),
+    world_version: int = typer.Option(2, "--world-version", help="1: captions fix the image (the shapes model's world); 2: uncaptioned detail."),
+    split: str = typer.Option("any", "--split", help="held_out (never in training), train, or any."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write N random scenes: DIR/images/00000.png ... and DIR/manifest.jsonl (file, caption, scene)."""
     from .world.io import write_samples
 
     try:
-        path = write_samples(output, n, seed, size, textures, paraphrase, _progress(quiet, "scenes"))
+        path = write_samples(output, n, seed, size, textures, paraphrase, _progress(quiet, "scenes"), world_version,
+                             None if split == "any" else split)
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:
@@ -360,13 +363,16 @@ def world_edits_cmd(
     size: int = typer.Option(64, "--size", help="Image side in pixels."),
     textures: bool = typer.Option(False, "--textures", help="Also striped and dotted backgrounds."),
     paraphrase: bool = typer.Option(False, "--paraphrase", help="Paraphrased prompts (one style per pair)."),
+    world_version: int = typer.Option(2, "--world-version", help="1: captions fix the image (the shapes model's world); 2: uncaptioned detail."),
+    split: str = typer.Option("held_out", "--split", help="held_out (never in training), train, or any."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write N edits: DIR/{source,target,mask}/00000.png ... and DIR/edits.jsonl."""
     from .world.io import parse_kinds, write_edits
 
     try:
-        path = write_edits(output, n, seed, parse_kinds(kinds), size, textures, paraphrase, _progress(quiet, "edits"))
+        path = write_edits(output, n, seed, parse_kinds(kinds), size, textures, paraphrase, _progress(quiet, "edits"),
+                           world_version, None if split == "any" else split)
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:

@@ -24,7 +24,8 @@ class VAEConfig:
     batch_size: int = 16
     lr: float = 1e-3
     kl_weight: float = 1e-6
-    mse_weight: float = 1.0  # loss = |x - x'|_1 + mse_weight |x - x'|^2 + kl_weight KL
+    mse_weight: float = 1.0  # loss = mean(w |x - x'|_1 + mse_weight w |x - x'|^2) + kl_weight KL
+    edge_weight: float = 0.0  # w = 1 + edge_weight * edge(x): extra weight near object outlines (stages.edge_map)
 
 
 @dataclass
@@ -59,8 +60,26 @@ class FlowConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Guidance distillation (stage ``distill``), as FLUX.1-dev was made from a CFG teacher.
+
+    The student is the trained transformer plus a guidance embedding; it learns
+    ``v_s(z_t, t, c, g) ~ v_T(z_t, t, "") + g (v_T(z_t, t, c) - v_T(z_t, t, ""))`` for ``g`` uniform in
+    ``[guidance_min, guidance_max]``. 0 steps: no distillation (the teacher is exported as is).
+    """
+
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: int = 200
+    guidance_min: float = 1.0
+    guidance_max: float = 8.0
+
+
+@dataclass
 class TrainConfig:
     image_size: int = 64
+    world_version: int = 1  # 1: the shapes model's world; 2: uncaptioned detail, held-out graphs never drawn
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 500
@@ -69,6 +88,7 @@ class TrainConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @staticmethod
     def load(path: str | Path | None) -> "TrainConfig":

@@ -20,12 +20,17 @@ def scene_rng(namespace: int, seed: int, index: int) -> np.random.Generator:
 
 
 def world_batch(seed: int, step: int, batch_size: int, image_size: int, min_objects: int = 1, max_objects: int = 3,
-                namespace: int = TRAIN_NAMESPACE) -> tuple[torch.Tensor, list[str]]:
-    """Images ``[B, 3, S, S]`` in [-1, 1] and their (paraphrased) captions."""
+                namespace: int = TRAIN_NAMESPACE, version: int = 1) -> tuple[torch.Tensor, list[str]]:
+    """Images ``[B, 3, S, S]`` in [-1, 1] and their (paraphrased) captions.
+
+    World version 2 draws only ``"train"`` scene graphs (:func:`editflow.world.split_of`), so the
+    held-out split never meets training; version 1 (the ``shapes`` model) draws from all graphs.
+    """
     rng = scene_rng(namespace, seed, step)
+    split = "train" if version == 2 else None
     images, captions = [], []
     for _ in range(batch_size):
-        scene = world.sample_scene(rng, min_objects=min_objects, max_objects=max_objects)
+        scene = world.sample_scene(rng, min_objects=min_objects, max_objects=max_objects, version=version, split=split)
         images.append(world.render(scene, image_size))
         captions.append(world.caption(scene, rng))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0

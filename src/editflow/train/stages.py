@@ -81,6 +81,23 @@ def _load_or_build(cls, folder: Path, build):
     return cls.from_pretrained(folder) if (folder / "config.json").is_file() else build()
 
 
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]`` in [0, 1]: 1 within one pixel of a colour step of ``x`` (``[B, 3, H, W]`` in [-1, 1]).
+
+    The largest absolute difference to a 4-neighbour, summed over channels, scaled so that a step
+    of 0.25 (about 30 of 255) saturates, then grown by a 3x3 max-pool. Object outlines qualify;
+    the grain (at most 16 of 255 over a third of the image) and flat regions do not.
+    """
+    dy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(1, keepdim=True)
+    dx = (x[..., 1:] - x[..., :-1]).abs().sum(1, keepdim=True)
+    step = torch.zeros_like(x[:, :1])
+    step[:, :, 1:] = torch.maximum(step[:, :, 1:], dy)
+    step[:, :, :-1] = torch.maximum(step[:, :, :-1], dy)
+    step[..., 1:] = torch.maximum(step[..., 1:], dx)
+    step[..., :-1] = torch.maximum(step[..., :-1], dx)
+    return torch.nn.functional.max_pool2d((step / 0.25).clamp(max=1.0), 3, stride=1, padding=1)
+
+
 def stage_vae(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     from diffusers import AutoencoderKL
 
@@ -90,12 +107,14 @@ def stage_vae(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     v = cfg.vae
 
     def loss_at(step: int) -> torch.Tensor:
-        x, _ = world_batch(cfg.seed, step, v.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects)
+        x, _ = world_batch(cfg.seed, step, v.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects,
+                           version=cfg.world_version)
         x = x.to(device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         err = rec - x
-        return err.abs().mean() + v.mse_weight * err.pow(2).mean() + v.kl_weight * post.kl().mean()
+        w = 1.0 + v.edge_weight * edge_map(x) if v.edge_weight else 1.0
+        return (w * err.abs()).mean() + v.mse_weight * (w * err.pow(2)).mean() + v.kl_weight * post.kl().mean()
 
     params = list(vae.parameters())
     loop.run("vae", vae, params, loss_at, v.steps, v.lr, min(200, v.steps // 10 + 1), run_dir / "vae",
@@ -109,7 +128,8 @@ def set_latent_statistics(vae, cfg: TrainConfig, device, batches: int = 8) -> No
     """Set ``shift_factor`` / ``scaling_factor`` so that ``(z - shift) * scale`` has mean 0, std 1."""
     lat = []
     for k in range(batches):
-        x, _ = world_batch(cfg.seed + 7919, k, 32, cfg.image_size, cfg.min_objects, cfg.max_objects)
+        x, _ = world_batch(cfg.seed + 7919, k, 32, cfg.image_size, cfg.min_objects, cfg.max_objects,
+                           version=cfg.world_version)
         lat.append(vae.encode(x.to(device)).latent_dist.mode().float().cpu())
     z = torch.cat(lat)
     vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
@@ -168,7 +188,8 @@ def stage_flow(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     noise_gen = torch.Generator(device="cpu")
 
     def loss_at(step: int) -> torch.Tensor:
-        x, captions = world_batch(cfg.seed, step, f.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects)
+        x, captions = world_batch(cfg.seed, step, f.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects,
+                                  version=cfg.world_version)
         noise_gen.manual_seed(cfg.seed * 1_000_003 + step)
         if f.caption_dropout > 0:
             drop = torch.rand(len(captions), generator=noise_gen) < f.caption_dropout
@@ -204,8 +225,8 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, qua
 def _identity(config: dict) -> dict:
     """What a run may not change when it resumes: all but the device and the step counts."""
     out = {k: v for k, v in config.items() if k != "device"}
-    for stage in ("vae", "flow"):
-        out[stage] = {k: v for k, v in out[stage].items() if k != "steps"}
+    for stage in ("vae", "flow", "distill"):
+        out[stage] = {k: v for k, v in out.get(stage, {}).items() if k != "steps"}
     return out
 
 

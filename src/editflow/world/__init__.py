@@ -5,6 +5,11 @@ deterministically (anti-aliased), captions itself, and edits change exactly one 
 an exact mask of the changed pixels. :mod:`.oracle` scores images against the ground truth with
 pixel metrics and an analytic reader that needs no weights. See ``DESIGN.md`` section 7.
 
+World version 2 (``version=2``) gives every scene detail its caption does not name (object
+offsets, rotations, size jitter, background grain), which the ground truth of an edit keeps and
+the oracle reads back (structure and grain scores), and splits scene graphs into train and
+held-out by construction (:func:`split_of`).
+
 >>> import numpy as np
 >>> from editflow.world import sample_edit, edit_scores
 >>> ex = sample_edit(np.random.default_rng(0), "color")
@@ -14,7 +19,17 @@ True
 
 from .captions import Style, caption, object_spans, parse_caption, sample_style
 from .edits import EDIT_KINDS, Edit, EditExample, edit_mask, make_edit, make_example, sample_edit
-from .oracle import edit_scores, mse, psnr, read_background, read_object, read_scene_accuracy, ssim
+from .oracle import (
+    edit_scores,
+    grain_corr,
+    mse,
+    psnr,
+    read_background,
+    read_object,
+    read_scene_accuracy,
+    ssim,
+    structure_iou,
+)
 from .paste import PasteExample, sample_paste
 from .render import background_mask, object_coverage, object_mask, render
 from .scene import (
@@ -29,6 +44,7 @@ from .scene import (
     WorldError,
     sample_object,
     sample_scene,
+    split_of,
 )
 
 __all__ = [
@@ -50,6 +66,7 @@ __all__ = [
     "caption",
     "edit_mask",
     "edit_scores",
+    "grain_corr",
     "make_edit",
     "make_example",
     "mse",
@@ -68,4 +85,5 @@ __all__ = [
     "sample_scene",
     "sample_style",
     "ssim",
+    "structure_iou",
 ]

@@ -15,6 +15,13 @@ object's masks (:func:`~editflow.world.render.object_mask`) in source and target
 rims included, since they blend with the background). Rendering box-filters 4x supersampling, so
 these masks are exact: the target equals the source on every pixel outside the mask, with no
 dilation.
+
+Version 2 keeps every uncaptioned detail the edit does not name: the edited object keeps its
+offset, rotation and scale through ``color``, ``shape`` and ``move`` (a moved object keeps its
+offset within its new cell); a ``size`` edit keeps rotation and scale and scales the offset by the
+ratio of the two sizes' offset bounds (so it stays inside the cell); an added object gets random
+detail (no method can know it, so its structure is not scored); the background's grain is never
+changed, by a background edit neither.
 """
 
 from __future__ import annotations
@@ -25,7 +32,21 @@ import numpy as np
 
 from .captions import caption, restyle_for_edit, sample_style
 from .render import background_mask, object_mask, render
-from .scene import BACKGROUNDS, COLORS, MAX_OBJECTS, SHAPES, SIZES, Scene, WorldError, sample_object, sample_scene
+from .scene import (
+    BACKGROUNDS,
+    COLORS,
+    MAX_OBJECTS,
+    MAX_SPLIT_TRIES,
+    SHAPES,
+    SIZES,
+    Scene,
+    WorldError,
+    check_split,
+    offset_bound,
+    sample_object,
+    sample_scene,
+    split_of,
+)
 
 EDIT_KINDS: tuple[str, ...] = ("color", "shape", "size", "background", "add", "remove", "move")
 
@@ -70,7 +91,7 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> Edit:
     if kind in ("add", "move") and not free:
         raise WorldError(f"cannot {kind}: all {MAX_OBJECTS} cells are taken")
     if kind == "add":
-        new = sample_object(rng, free[int(rng.integers(len(free)))])
+        new = sample_object(rng, free[int(rng.integers(len(free)))], scene.version)
         index = sum(o.cell < new.cell for o in objects)  # reading-order slot (exact when objects are sorted)
         objects.insert(index, new)
         return Edit(kind, scene, replace(scene, objects=tuple(objects)), index)
@@ -84,7 +105,12 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> Edit:
         objects[index] = replace(old, position=free[int(rng.integers(len(free)))])
     else:  # kind names the attribute
         options = {"color": COLORS, "shape": SHAPES, "size": SIZES}[kind]
-        objects[index] = replace(old, **{kind: _other(rng, options, getattr(old, kind))})
+        new = replace(old, **{kind: _other(rng, options, getattr(old, kind))}) if kind != "size" else None
+        if kind == "size":
+            size = _other(rng, options, old.size)
+            ratio = offset_bound(size, old.scale) / offset_bound(old.size, old.scale)
+            new = replace(old, size=size, dx=old.dx * ratio, dy=old.dy * ratio)
+        objects[index] = new
     return Edit(kind, scene, replace(scene, objects=tuple(objects)), index)
 
 
@@ -125,13 +151,22 @@ def sample_edit(
     size: int = 64,
     textures: bool = False,
     paraphrase: bool = False,
+    version: int = 1,
+    split: str | None = None,
 ) -> EditExample:
     """A random scene (2-3 objects for ``remove``, else 1-3), a random edit of ``kind`` (any if None), rendered.
 
     Prompts are canonical captions, or with ``paraphrase`` one random style for source and target.
+    With ``split`` both the source and the target scene belong to it (redrawn until they do).
     """
     if kind is None:
         kind = EDIT_KINDS[int(rng.integers(len(EDIT_KINDS)))]
     check_kind(kind)
-    scene = sample_scene(rng, min_objects=2 if kind == "remove" else 1, max_objects=3, textures=textures)
-    return make_example(make_edit(scene, kind, rng), size, rng if paraphrase else None)
+    check_split(split)
+    for _ in range(MAX_SPLIT_TRIES):
+        scene = sample_scene(rng, min_objects=2 if kind == "remove" else 1, max_objects=3, textures=textures,
+                             version=version, split=split)
+        edit = make_edit(scene, kind, rng)
+        if split is None or split_of(edit.target) == split:
+            return make_example(edit, size, rng if paraphrase else None)
+    raise WorldError(f"no {kind} edit with both scenes in {split} in {MAX_SPLIT_TRIES} draws")

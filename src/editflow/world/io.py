@@ -12,6 +12,9 @@ Layout::
 
 Paths in the JSONL files are relative to DIR; masks are 8-bit PNGs (255 inside). Every file is
 written to a temporary name and renamed, the JSONL file last.
+
+``version`` selects the world (2: uncaptioned detail, see :mod:`.scene`); ``split`` draws scenes
+(for edits: source and target) from one side of the held-out split only, or from both (None).
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ from ..limits import Limits, check_seed
 from .captions import caption
 from .edits import EDIT_KINDS, check_kind, sample_edit
 from .render import render
-from .scene import WorldError, sample_scene
+from .scene import VERSIONS, WorldError, check_split, sample_scene
 
 MIN_SIZE = 16
 
 
-def check_options(n: int, size: int, seed: int = 0) -> None:
+def check_options(n: int, size: int, seed: int = 0, version: int = 1, split: str | None = None,
+                  textures: bool = False) -> None:
+    if version not in VERSIONS:
+        raise WorldError(f"unknown world version {version}: choose from {', '.join(map(str, VERSIONS))}")
+    check_split(split)
+    if version == 2 and textures:
+        raise WorldError("--textures is for world version 1: version-2 backgrounds carry grain instead")
     if n < 1:
         raise WorldError(f"--n must be at least 1, got {n}")
     if size < MIN_SIZE:
@@ -87,17 +96,18 @@ def _rng(seed: int, i: int) -> np.random.Generator:
 def write_samples(
     out: str | os.PathLike, n: int, seed: int = 0, size: int = 64,
     textures: bool = False, paraphrase: bool = False, progress: Callable | None = None,
+    version: int = 1, split: str | None = None,
 ) -> Path:
     """Write ``n`` random scenes with captions to ``out``; returns the manifest path.
 
     ``progress`` optionally wraps the item range (e.g. ``tqdm``).
     """
-    check_options(n, size, seed)
+    check_options(n, size, seed, version, split, textures)
     root = _folder(out, "images")
     rows = []
     for i in progress(range(n)) if progress else range(n):
         rng = _rng(seed, i)
-        scene = sample_scene(rng, textures=textures)
+        scene = sample_scene(rng, textures=textures, version=version, split=split)
         rows.append({
             "file": _save(render(scene, size), root, f"images/{i:05d}.png"),
             "caption": caption(scene, rng if paraphrase else None),
@@ -110,16 +120,18 @@ def write_samples(
 def write_edits(
     out: str | os.PathLike, n: int, seed: int = 0, kinds: Iterable[str] = EDIT_KINDS, size: int = 64,
     textures: bool = False, paraphrase: bool = False, progress: Callable | None = None,
+    version: int = 1, split: str | None = None,
 ) -> Path:
     """Write ``n`` edit examples (source, ground-truth target, mask) to ``out``; returns the JSONL path."""
-    check_options(n, size, seed)
+    check_options(n, size, seed, version, split, textures)
     kinds = tuple(check_kind(k) for k in kinds)
     if not kinds:
         raise WorldError(f"--kinds names no kind: choose from {', '.join(EDIT_KINDS)}")
     root = _folder(out, "source", "target", "mask")
     rows = []
     for i in progress(range(n)) if progress else range(n):
-        ex = sample_edit(_rng(seed, i), kinds[i % len(kinds)], size=size, textures=textures, paraphrase=paraphrase)
+        ex = sample_edit(_rng(seed, i), kinds[i % len(kinds)], size=size, textures=textures, paraphrase=paraphrase,
+                         version=version, split=split)
         name = f"{i:05d}.png"
         rows.append({
             "id": f"{i:05d}",

@@ -25,6 +25,29 @@ Reader (:func:`read_object`), at a known grid cell:
    by the soft IoU ``sum(min(alpha, t)) / sum(max(alpha, t))``; shape, size and ``iou`` are the
    best template's. On rendered ground truth ``alpha`` is the coverage itself, so the right
    template scores ~1 and the reader is exact (tested at 64 px, also exact at 32 and 128).
+
+Version 2 (objects offset, rotated and jittered; grain on the background) changes three steps:
+
+1. ``bg`` is a plane ``a + b y + c x`` per channel fitted to the ring by least squares, refitted on
+   the 70% of ring pixels nearest the first fit (the grain is smooth, so a plane follows it across
+   a cell; a stray rim pixel in the ring is dropped);
+4. the templates are every shape at both sizes (scale 1) rotated over its symmetry period in steps
+   of :data:`ANGLE_STEP` degrees, drawn once at 4x resolution and placed with quarter-pixel
+   precision so that their centroid meets alpha's before box-filtering;
+5. the object is ``readable`` only when the best soft IoU reaches :data:`MIN_READ_IOU`; below it
+   shape and size are None (a blob is not read as its nearest template).
+
+Preservation of uncaptioned detail (version 2), in :func:`edit_scores`:
+
+- ``structure_iou``: soft IoU of alpha (no shifting) with the ground truth's exact coverage of the
+  edited object (colour, shape, size and move edits): it is high only when the object kept its
+  offset, rotation and scale; ``structure_kept`` is ``structure_iou >= STRUCTURE_MIN_IOU``;
+- ``grain_corr``: Pearson correlation of the brightness (channel mean) of ``edited`` and of the
+  ground truth over the background at least one pixel away from every object; for background
+  edits ``structure_kept`` is ``grain_corr >= GRAIN_MIN_CORR``. Add and remove edits have no
+  structure score (an added object's detail cannot be known; a removal leaves nothing to keep).
+- ``others_kept``: the fraction of untouched objects read right with ``structure_iou`` at least
+  :data:`STRUCTURE_MIN_IOU` against their exact coverage.
 """
 
 from __future__ import annotations
@@ -34,9 +57,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from PIL import Image, ImageDraw
+
 from .edits import EditExample
-from .render import cell_box, object_coverage
-from .scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Obj, Scene, WorldError
+from .render import POLYGONS_V2, SUPERSAMPLE, background_mask, cell_box, object_coverage
+from .scene import BACKGROUNDS, COLORS, EXTENT_V2, GRID, POSITIONS, SHAPES, SIZES, Obj, Scene, WorldError
 
 _PALETTE_NAMES = tuple(COLORS)
 _PALETTE = np.array([COLORS[n] for n in _PALETTE_NAMES], dtype=np.float64)
@@ -44,6 +69,11 @@ _BACKGROUND_NAMES = tuple(BACKGROUNDS)
 _BACKGROUND_PALETTE = np.array([BACKGROUNDS[n] for n in _BACKGROUND_NAMES], dtype=np.float64)
 FOREGROUND_DISTANCE = 0.5 * min(math.dist(c, b) for c in COLORS.values() for b in BACKGROUNDS.values())
 MIN_PRESENT_FRACTION = 0.3
+ANGLE_STEP = 6.0  # degrees between version-2 templates
+SYMMETRY = {"circle": 360.0, "square": 90.0, "cross": 90.0, "star": 72.0, "triangle": 120.0, "heart": 360.0}
+MIN_READ_IOU = 0.5
+STRUCTURE_MIN_IOU = 0.7
+GRAIN_MIN_CORR = 0.5
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -159,10 +189,106 @@ def _image(image) -> np.ndarray:
     return img.astype(np.float64)
 
 
-def read_object(image, position: str, size_word: str | None = None) -> dict:
-    """Read the object at grid cell ``position``: ``{present, color, shape, size, iou}`` (see module doc).
+def _ring(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Border pixels of ``crop`` ``[N, 3]`` and their ``(y, x)`` indices ``[N, 2]``."""
+    h, w = crop.shape[:2]
+    yy, xx = np.indices((h, w))
+    edge = (yy == 0) | (yy == h - 1) | (xx == 0) | (xx == w - 1)
+    return crop[edge], np.stack([yy[edge], xx[edge]], -1)
 
-    ``color``/``shape``/``size`` are None and ``iou`` is 0.0 when nothing is present.
+
+def _background_plane(crop: np.ndarray) -> np.ndarray:
+    """``[h, w, 3]``: per channel, the plane fitted to the ring, refitted on its 70% nearest pixels."""
+    values, where = _ring(crop)
+    design = np.concatenate([np.ones((len(where), 1)), where.astype(np.float64)], 1)
+    coef = np.linalg.lstsq(design, values, rcond=None)[0]
+    keep = np.argsort(np.linalg.norm(design @ coef - values, axis=-1))[: int(0.7 * len(values))]
+    coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+    h, w = crop.shape[:2]
+    yy, xx = np.indices((h, w))
+    return np.stack([np.ones((h, w)), yy, xx], -1) @ coef
+
+
+def _hires_outline(shape: str, r: float, angle: float, centre: float) -> list[tuple[float, float]]:
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return [(centre + r * (c * x - s * y), centre + r * (s * x + c * y)) for x, y in POLYGONS_V2[shape]]
+
+
+@lru_cache(maxsize=8)
+def _bank_v2(image_size: int) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
+    """Version-2 templates: ``(shape, size)`` labels, 4x-resolution coverage ``[N, H, H]`` (float) and
+    their centroids ``[N, 2]`` in continuous 4x-pixel coordinates (pixel j's centre at j + 0.5)."""
+    cell = image_size / GRID * SUPERSAMPLE
+    side = int(math.ceil(cell)) + 2 * SUPERSAMPLE
+    labels, masks = [], []
+    for z in SIZES:
+        r = EXTENT_V2[z] / 2 * cell
+        for shape in SHAPES:
+            for angle in np.arange(0.0, SYMMETRY[shape], ANGLE_STEP if shape != "circle" else 360.0):
+                canvas = Image.new("L", (side, side), 0)
+                draw = ImageDraw.Draw(canvas)
+                if shape == "circle":
+                    draw.ellipse((side / 2 - r, side / 2 - r, side / 2 + r, side / 2 + r), fill=255)
+                else:
+                    draw.polygon(_hires_outline(shape, r, float(angle), side / 2), fill=255)
+                labels.append((shape, z))
+                masks.append(np.asarray(canvas, dtype=np.float32) / 255.0)
+    masks = np.stack(masks)
+    centroids = np.stack([_centroid(m) + 0.5 for m in masks])
+    masks.flags.writeable = False
+    return labels, masks, centroids
+
+
+def _match_v2(alpha: np.ndarray, sizes: tuple[str, ...], image_size: int) -> tuple[float, str, str]:
+    """Best ``(soft IoU, shape, size)`` of the version-2 templates placed at alpha's centroid."""
+    labels, masks, centroids = _bank_v2(image_size)
+    h, w = alpha.shape
+    target = 4.0 * (_centroid(alpha) + 0.5)  # alpha's centroid in continuous 4x coordinates
+    side = masks.shape[1]
+    best = (-1.0, None, None)
+    for (shape, z), m, c in zip(labels, masks, centroids):
+        if z not in sizes:
+            continue
+        sy, sx = (int(v) for v in np.rint(target - c))
+        canvas = np.zeros((h * SUPERSAMPLE, w * SUPERSAMPLE), dtype=np.float32)
+        ys, xs = max(sy, 0), max(sx, 0)
+        ye, xe = min(sy + side, canvas.shape[0]), min(sx + side, canvas.shape[1])
+        if ye <= ys or xe <= xs:
+            continue
+        canvas[ys:ye, xs:xe] = m[ys - sy:ye - sy, xs - sx:xe - sx]
+        t = canvas.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3))
+        iou = float(np.minimum(t, alpha).sum() / np.maximum(t, alpha).sum())
+        if iou > best[0]:
+            best = (iou, shape, z)
+    return best
+
+
+def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = float(np.maximum(a, b).sum())
+    return float(np.minimum(a, b).sum()) / union if union > 0 else 0.0
+
+
+def _alpha(crop: np.ndarray, bg: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, str]:
+    """Coverage estimate and majority palette colour of the foreground ``fg`` of ``crop`` over ``bg``."""
+    core = _erode(fg) if _erode(fg).any() else fg
+    votes = np.bincount(_nearest(crop[core], _PALETTE), minlength=len(_PALETTE_NAMES))
+    color = _PALETTE_NAMES[int(np.argmax(votes))]
+    ink = np.median(crop[core] - bg[core], axis=0)
+    alpha = ((crop - bg) @ ink) / max(float(ink @ ink), 1e-9)
+    return np.clip(alpha, 0.0, 1.0) * _dilate(fg), color  # rims stay, faint texture marks elsewhere go
+
+
+def _absent() -> dict:
+    return {"present": False, "color": None, "shape": None, "size": None, "iou": 0.0, "readable": False,
+            "alpha": None}
+
+
+def read_object(image, position: str, size_word: str | None = None, version: int = 1) -> dict:
+    """Read the object at grid cell ``position``: ``{present, color, shape, size, iou, readable, alpha}``
+    (see the module docstring; ``alpha`` is the coverage estimate over the cell's box, for scoring).
+
+    ``color``/``shape``/``size`` are None and ``iou`` is 0.0 when nothing is present; in version 2
+    ``shape``/``size`` are also None when the best template's IoU is below :data:`MIN_READ_IOU`.
     """
     img = _image(image)
     if position not in POSITIONS:
@@ -170,28 +296,35 @@ def read_object(image, position: str, size_word: str | None = None) -> dict:
     sizes = SIZES if size_word is None else (size_word,)
     y0, y1, x0, x1 = cell_box(position, img.shape[0])
     crop = img[y0:y1, x0:x1]
-    ring = np.concatenate([crop[0], crop[-1], crop[1:-1, 0], crop[1:-1, -1]])
-    bg = np.median(ring, axis=0)
+    if version == 2:
+        bg = _background_plane(crop)
+    else:
+        bg = np.broadcast_to(np.median(_ring(crop)[0], axis=0), crop.shape)
     fg = np.linalg.norm(crop - bg, axis=-1) > FOREGROUND_DISTANCE
-    templates = {(s, z): _template(s, z, position, img.shape[0]) for s in SHAPES for z in sizes}
-    smallest = min(float((t >= 0.5).sum()) for t in templates.values())
+    if version == 2:
+        r = min(EXTENT_V2[z] for z in sizes) / 2 * (y1 - y0)
+        smallest = min(float(np.pi * r * r) * 0.35, 4 * r * r)  # the thinnest outline (a star) covers ~35% of its disk
+    else:
+        smallest = min(float((_template(s, z, position, img.shape[0]) >= 0.5).sum()) for s in SHAPES for z in sizes)
     if _open2x2(fg).sum() < max(1, MIN_PRESENT_FRACTION * smallest):  # the opening drops scattered noise
-        return {"present": False, "color": None, "shape": None, "size": None, "iou": 0.0}
-    core = _erode(fg) if _erode(fg).any() else fg
-    votes = np.bincount(_nearest(crop[core], _PALETTE), minlength=len(_PALETTE_NAMES))
-    color = _PALETTE_NAMES[int(np.argmax(votes))]
-    ink = np.median(crop[core], axis=0) - bg
-    alpha = ((crop - bg) @ ink) / max(float(ink @ ink), 1e-9)
-    alpha = np.clip(alpha, 0.0, 1.0) * _dilate(fg)  # rims stay, faint texture marks elsewhere go
+        return _absent()
+    alpha, color = _alpha(crop, bg, fg)
+    if version == 2:
+        iou, shape, z = _match_v2(alpha, sizes, img.shape[0])
+        readable = iou >= MIN_READ_IOU
+        return {"present": True, "color": color, "shape": shape if readable else None,
+                "size": z if readable else None, "iou": iou, "readable": readable, "alpha": alpha}
     centre, limit = _centroid(alpha), (y1 - y0) // 4
     best = (-1.0, None, None)
-    for (shape, z), t in templates.items():
-        dy, dx = np.clip(np.rint(centre - _centroid(t)).astype(int), -limit, limit)
-        moved = _shift(t, int(dy), int(dx))
-        iou = float(np.minimum(moved, alpha).sum() / np.maximum(moved, alpha).sum())
-        if iou > best[0]:
-            best = (iou, shape, z)
-    return {"present": True, "color": color, "shape": best[1], "size": best[2], "iou": best[0]}
+    for shape in SHAPES:
+        for z in sizes:
+            t = _template(shape, z, position, img.shape[0])
+            dy, dx = np.clip(np.rint(centre - _centroid(t)).astype(int), -limit, limit)
+            iou = _soft_iou(_shift(t, int(dy), int(dx)), alpha)
+            if iou > best[0]:
+                best = (iou, shape, z)
+    return {"present": True, "color": color, "shape": best[1], "size": best[2], "iou": best[0], "readable": True,
+            "alpha": alpha}
 
 
 def read_background(image) -> str:
@@ -201,18 +334,42 @@ def read_background(image) -> str:
     return _BACKGROUND_NAMES[int(_nearest(np.median(ring, axis=0), _BACKGROUND_PALETTE))]
 
 
-def _check_object(image, obj: Obj) -> dict:
-    r = read_object(image, obj.position)
+def structure_iou(alpha: np.ndarray | None, obj: Obj, image_size: int) -> float:
+    """Soft IoU of a read coverage ``alpha`` (over ``obj``'s cell box) with ``obj``'s exact coverage
+    (version 2, not shifted); 0.0 when nothing was read."""
+    if alpha is None:
+        return 0.0
+    y0, y1, x0, x1 = cell_box(obj.position, image_size)
+    return _soft_iou(alpha, object_coverage(obj, image_size, 2)[y0:y1, x0:x1].astype(np.float64))
+
+
+def _check_object(image, obj: Obj, version: int = 1) -> dict:
+    r = read_object(image, obj.position, version=version)
     out = {
         "position": obj.position,
         "present": r["present"],
+        "readable": r["readable"],
         "color_correct": r["color"] == obj.color,
         "shape_correct": r["shape"] == obj.shape,
         "size_correct": r["size"] == obj.size,
     }
     out["position_correct"] = out["present"] and out["color_correct"]
     out["correct"] = out["position_correct"] and out["shape_correct"] and out["size_correct"]
+    if version == 2:
+        out["structure_iou"] = structure_iou(r["alpha"], obj, np.asarray(image).shape[0])
     return out
+
+
+def grain_corr(edited, truth, scene: Scene) -> float:
+    """Pearson correlation of the brightness of ``edited`` and ``truth`` over ``scene``'s background
+    at least one pixel from every object (nan when that region is constant in either image)."""
+    where = background_mask(scene, np.asarray(truth).shape[0])
+    where = _erode(_erode(where))  # drop anti-aliased rims and the pixel next to them
+    a = np.asarray(edited, dtype=np.float64).mean(-1)[where]
+    b = np.asarray(truth, dtype=np.float64).mean(-1)[where]
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
 def read_scene_accuracy(image, scene: Scene) -> dict:
@@ -223,8 +380,8 @@ def read_scene_accuracy(image, scene: Scene) -> dict:
     ``size``, ``position``, ``object``; plus ``background_correct``, ``extra_objects`` (objects
     read on cells the scene leaves empty) and ``all_correct``.
     """
-    objects = [_check_object(image, o) for o in scene.objects]
-    extra = sum(read_object(image, p)["present"] for p in scene.free_positions())
+    objects = [_check_object(image, o, scene.version) for o in scene.objects]
+    extra = sum(read_object(image, p, version=scene.version)["present"] for p in scene.free_positions())
     out = {
         key: float(np.mean([o[f"{key}_correct"] for o in objects]))
         for key in ("color", "shape", "size", "position")
@@ -233,6 +390,7 @@ def read_scene_accuracy(image, scene: Scene) -> dict:
     out["background_correct"] = read_background(image) == scene.background
     out["extra_objects"] = int(extra)
     out["all_correct"] = out["object"] == 1.0 and out["background_correct"] and extra == 0
+    out["readable"] = float(np.mean([o["readable"] for o in objects]))
     out["objects"] = objects
     return out
 
@@ -246,7 +404,8 @@ def edit_scores(example: EditExample, edited) -> dict:
     ``color_correct``, ``shape_correct``, ``size_correct`` (and ``vacated`` for move: the old cell
     is empty); ``removed`` for remove; ``background_correct`` for background. ``edit_correct`` is
     all of those; ``others_correct`` the fraction of the untouched objects still read right (nan
-    if none).
+    if none). Version 2 adds ``structure_iou`` / ``structure_kept``, ``grain_corr`` and
+    ``others_kept`` (module docstring).
     """
     edited = np.asarray(edited)
     src, tgt, mask = example.source_image, example.target_image, example.mask
@@ -258,20 +417,30 @@ def edit_scores(example: EditExample, edited) -> dict:
         "ssim_vs_target": ssim(edited, tgt),
     }
     edit = example.edit
+    version = edit.target.version
     kept = list(edit.target.objects)
     if edit.kind == "background":
         out["background_correct"] = read_background(edited) == edit.target.background
         out["edit_correct"] = out["background_correct"]
     elif edit.kind == "remove":
-        out["removed"] = not read_object(edited, edit.source.objects[edit.index].position)["present"]
+        out["removed"] = not read_object(edited, edit.source.objects[edit.index].position, version=version)["present"]
         out["edit_correct"] = out["removed"]
     else:
-        r = _check_object(edited, kept.pop(edit.index))
+        r = _check_object(edited, kept.pop(edit.index), version)
         out.update({k: r[k] for k in ("present", "color_correct", "shape_correct", "size_correct")})
         out["edit_correct"] = r["correct"]
         if edit.kind == "move":
-            out["vacated"] = not read_object(edited, edit.source.objects[edit.index].position)["present"]
+            out["vacated"] = not read_object(edited, edit.source.objects[edit.index].position, version=version)["present"]
             out["edit_correct"] = out["edit_correct"] and out["vacated"]
-    others = [_check_object(edited, o)["correct"] for o in kept]
-    out["others_correct"] = float(np.mean(others)) if others else float("nan")
+        if version == 2 and edit.kind != "add":
+            out["structure_iou"] = r["structure_iou"]
+            out["structure_kept"] = r["structure_iou"] >= STRUCTURE_MIN_IOU
+    others = [_check_object(edited, o, version) for o in kept]
+    out["others_correct"] = float(np.mean([o["correct"] for o in others])) if others else float("nan")
+    if version == 2:
+        out["grain_corr"] = grain_corr(edited, tgt, edit.target)
+        if edit.kind == "background":
+            out["structure_kept"] = bool(out["grain_corr"] >= GRAIN_MIN_CORR)
+        kept_ok = [o["correct"] and o["structure_iou"] >= STRUCTURE_MIN_IOU for o in others]
+        out["others_kept"] = float(np.mean(kept_ok)) if kept_ok else float("nan")
     return out

@@ -11,6 +11,14 @@ Anti-aliasing is 4x4 supersampling with a box filter: the scene is drawn without
 the pixel, so an output pixel changes only if one of its own subpixels changes. That makes masks
 exact: :func:`object_mask` is the set of pixels with any subpixel inside the object, and an edit
 changes no pixel outside the union of the masks of what it changes (no dilation needed).
+
+Version 2 (see :mod:`.scene`): outlines scaled to the unit disk, the object's centre at the cell
+centre plus ``(dx, dy)`` cells, rotated by ``angle`` degrees (clockwise on screen, about the centre),
+bounding-disk radius ``EXTENT_V2[size] / 2 * scale`` cells. The background is its colour plus a grain
+field ``g`` in [-1, 1] times :data:`GRAIN_DELTA` on every channel (a brightness change), drawn from
+``grain``: ``g(u, v) = sum_k a_k cos(2 pi (f_k . (u, v)) + phi_k) / sum_k |a_k|`` over
+:data:`GRAIN_WAVES` plane waves with integer frequencies ``f_k`` of norm 1 to 2 cycles per image and
+``(u, v)`` in [0, 1). An edit of the background colour keeps the field; edits never change it.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scene import BACKGROUNDS, COLORS, GRID, POSITIONS, Obj, Scene
+from .scene import BACKGROUNDS, COLORS, EXTENT_V2, GRID, POSITIONS, Obj, Scene
 
 SUPERSAMPLE = 4
-EXTENT = {"large": 0.8, "small": 0.45}  # object width as a fraction of a cell
+EXTENT = {"large": 0.8, "small": 0.45}  # version 1: object width as a fraction of a cell
 TEXTURE_DELTA = 14  # per-channel change of a texture mark (lighter on dark backgrounds, darker on light)
+GRAIN_DELTA = 16  # version 2: the grain's peak change per channel
+GRAIN_WAVES = 4
 
 
 def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
@@ -64,11 +74,37 @@ POLYGONS: dict[str, list[tuple[float, float]]] = {
 }
 
 
-def object_frame(obj: Obj, size: int) -> tuple[float, float, float]:
-    """Centre ``(cx, cy)`` and half-extent ``r`` of ``obj`` in pixels of an image of side ``size``."""
+def _disk(outline: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``outline`` scaled so its farthest vertex lies on the unit circle."""
+    far = max(math.hypot(x, y) for x, y in outline)
+    return [(x / far, y / far) for x, y in outline]
+
+
+# Version 2: the same outlines inside the unit disk (so that any rotation stays inside it).
+POLYGONS_V2: dict[str, list[tuple[float, float]]] = {name: _disk(p) for name, p in POLYGONS.items()}
+
+
+def object_frame(obj: Obj, size: int, version: int = 1) -> tuple[float, float, float]:
+    """Centre ``(cx, cy)`` and half-extent ``r`` of ``obj`` in pixels of an image of side ``size``.
+
+    Version 2: the centre includes the offset and ``r`` (the bounding disk's radius) the scale.
+    """
     row, col = divmod(POSITIONS.index(obj.position), GRID)
     cell = size / GRID
-    return (col + 0.5) * cell, (row + 0.5) * cell, EXTENT[obj.size] * cell / 2
+    if version == 1:
+        return (col + 0.5) * cell, (row + 0.5) * cell, EXTENT[obj.size] * cell / 2
+    return (col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell, EXTENT_V2[obj.size] * obj.scale * cell / 2
+
+
+def outline(obj: Obj, size: int, version: int = 1) -> list[tuple[float, float]] | None:
+    """Polygon of ``obj`` in pixels of an image of side ``size`` (None for a circle)."""
+    if obj.shape == "circle":
+        return None
+    cx, cy, r = object_frame(obj, size, version)
+    if version == 1:
+        return [(cx + r * x, cy + r * y) for x, y in POLYGONS[obj.shape]]
+    c, s = math.cos(math.radians(obj.angle)), math.sin(math.radians(obj.angle))
+    return [(cx + r * (c * x - s * y), cy + r * (s * x + c * y)) for x, y in POLYGONS_V2[obj.shape]]
 
 
 def cell_box(position: str, size: int) -> tuple[int, int, int, int]:
@@ -81,12 +117,29 @@ def cell_box(position: str, size: int) -> tuple[int, int, int, int]:
     )
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: Obj, hi: int, fill) -> None:
-    cx, cy, r = object_frame(obj, hi)
-    if obj.shape == "circle":
+def _draw(draw: ImageDraw.ImageDraw, obj: Obj, hi: int, fill, version: int = 1) -> None:
+    polygon = outline(obj, hi, version)
+    if polygon is None:
+        cx, cy, r = object_frame(obj, hi, version)
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
-        draw.polygon([(cx + r * x, cy + r * y) for x, y in POLYGONS[obj.shape]], fill=fill)
+        draw.polygon(polygon, fill=fill)
+
+
+def grain_field(grain: int, size: int) -> np.ndarray:
+    """Float ``[size, size]`` in [-1, 1]: the smooth random field of seed ``grain`` (module docstring),
+    sampled at pixel centres of an image of side ``size``."""
+    rng = np.random.default_rng([7, grain])
+    freqs = [(fx, fy) for fx in range(-2, 3) for fy in range(0, 3) if 1 <= math.hypot(fx, fy) <= 2 and (fy > 0 or fx > 0)]
+    u = (np.arange(size) + 0.5) / size
+    field = np.zeros((size, size))
+    total = 0.0
+    for k in rng.choice(len(freqs), size=GRAIN_WAVES, replace=False):
+        fx, fy = freqs[int(k)]
+        a, phi = rng.uniform(0.5, 1.0), rng.uniform(0, 2 * math.pi)
+        field += a * np.cos(2 * math.pi * (fx * u[None, :] + fy * u[:, None]) + phi)
+        total += a
+    return field / total
 
 
 @lru_cache(maxsize=64)
@@ -109,34 +162,46 @@ def _background(background: str, texture: str | None, size: int) -> Image.Image:
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
 
 
+@lru_cache(maxsize=64)
+def _grain_canvas(background: str, grain: int, size: int) -> Image.Image:
+    """The supersampled version-2 background: colour plus grain (computed at ``size``, repeated per subpixel,
+    so that a background pixel is exactly ``colour + GRAIN_DELTA * g`` rounded)."""
+    base = np.array(BACKGROUNDS[background], dtype=np.float64)
+    rgb = np.rint(base + GRAIN_DELTA * grain_field(grain, size)[..., None]).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(rgb.repeat(SUPERSAMPLE, 0).repeat(SUPERSAMPLE, 1), "RGB")
+
+
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """``[size, size, 3]`` uint8 image of ``scene`` (deterministic, 4x4 box-filtered supersampling)."""
-    canvas = _background(scene.background, scene.texture, size).copy()
+    if scene.version == 2:
+        canvas = _grain_canvas(scene.background, scene.grain or 0, size).copy()
+    else:
+        canvas = _background(scene.background, scene.texture, size).copy()
     draw = ImageDraw.Draw(canvas)
     for obj in scene.objects:
-        _draw(draw, obj, size * SUPERSAMPLE, COLORS[obj.color])
+        _draw(draw, obj, size * SUPERSAMPLE, COLORS[obj.color], scene.version)
     return np.asarray(canvas.reduce(SUPERSAMPLE))
 
 
-@lru_cache(maxsize=512)
-def _coverage(obj: Obj, size: int) -> np.ndarray:
+@lru_cache(maxsize=1024)
+def _coverage(obj: Obj, size: int, version: int = 1) -> np.ndarray:
     hi = size * SUPERSAMPLE
     canvas = Image.new("L", (hi, hi), 0)
-    _draw(ImageDraw.Draw(canvas), obj, hi, 255)
+    _draw(ImageDraw.Draw(canvas), obj, hi, 255, version)
     sub = np.asarray(canvas, dtype=np.float32).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE) / 255.0
     out = sub.mean(axis=(1, 3))
     out.flags.writeable = False
     return out
 
 
-def object_coverage(obj: Obj, size: int = 64) -> np.ndarray:
+def object_coverage(obj: Obj, size: int = 64, version: int = 1) -> np.ndarray:
     """Float ``[size, size]`` in [0, 1]: the fraction of each pixel's subpixels that ``obj`` covers."""
-    return _coverage(obj, size)
+    return _coverage(obj, size, version)
 
 
 def object_mask(scene: Scene, index: int, size: int = 64) -> np.ndarray:
     """Bool ``[size, size]``: pixels that object ``index`` of ``scene`` covers at all (coverage > 0)."""
-    return _coverage(scene.objects[index], size) > 0
+    return _coverage(scene.objects[index], size, scene.version) > 0
 
 
 def background_mask(scene: Scene, size: int = 64) -> np.ndarray:
@@ -146,5 +211,5 @@ def background_mask(scene: Scene, size: int = 64) -> np.ndarray:
     """
     covered = np.zeros((size, size), dtype=np.float32)
     for obj in scene.objects:
-        covered += _coverage(obj, size)
+        covered += _coverage(obj, size, scene.version)
     return covered < 1.0
