@@ -12,12 +12,14 @@ from editflow.train.__main__ import main as train_main
 
 MICRO = {
     "image_size": 32,
+    "world_version": 2,
     "checkpoint_every": 2,
     "vae": {"block_out_channels": [8, 8], "norm_num_groups": 4, "steps": 3, "batch_size": 2},
     "text": {"dim": 16, "t5_layers": 1, "tokenizer_corpus": 300, "t5_vocab_size": 80, "pretrain_steps": 3,
              "pretrain_batch_size": 4},
     "flow": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 8, "num_attention_heads": 2,
-             "axes_dims_rope": [2, 2, 4], "steps": 4, "batch_size": 2, "warmup": 2},
+             "axes_dims_rope": [2, 2, 4], "steps": 4, "batch_size": 2, "warmup": 2, "caption_dropout": 0.5},
+    "distill": {"steps": 3, "batch_size": 2, "warmup": 1},
 }
 
 
@@ -31,7 +33,7 @@ def micro_run(tmp_path_factory):
 
 def test_stages_write_checkpoints_and_logs(micro_run):
     run = micro_run / "run"
-    for sub in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer"):
+    for sub in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer", "student"):
         assert (run / sub).is_dir(), sub
     assert not (run / "text_encoder_2.train").exists()  # the pretraining scratch folder is gone
     accuracy = json.loads((run / "text_pretrain.json").read_text())["held_out_token_accuracy"]
@@ -42,13 +44,35 @@ def test_stages_write_checkpoints_and_logs(micro_run):
     assert log[-1]["step"] == 4 and log[-1]["loss"] > 0
 
 
+def test_student_starts_as_the_conditional_teacher_and_learns_guidance(micro_run):
+    from diffusers import FluxTransformer2DModel
+
+    cfg = TrainConfig.load(micro_run / "micro.json")
+    teacher = FluxTransformer2DModel.from_pretrained(micro_run / "run" / "transformer")
+    fresh = stages.student_from(teacher, cfg)
+    trained = FluxTransformer2DModel.from_pretrained(micro_run / "run" / "student")
+    assert trained.config.guidance_embeds and not teacher.config.guidance_embeds
+    pipe = stages.assemble(micro_run / "run", teacher)
+    batches = stages.FlowBatches(cfg, pipe, "cpu")
+    z_t, t, _, cond = batches(0, 2, 0.0)
+    with torch.no_grad():
+        v_teacher = batches.velocity(teacher, z_t, t, cond)
+        for g in (1.0, 7.0):
+            v_fresh = batches.velocity(fresh, z_t, t, cond, guidance=torch.full((2,), g))
+            assert torch.allclose(v_fresh, v_teacher, atol=1e-5)  # the zero guidance layer adds nothing yet
+        v1, v7 = (batches.velocity(trained, z_t, t, cond, guidance=torch.full((2,), g)) for g in (1.0, 7.0))
+    assert float((v1 - v7).abs().max()) > 1e-4  # after distillation the guidance value acts
+    log = [json.loads(line) for line in (micro_run / "run" / "distill.log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3
+
+
 def test_vae_latents_are_normalised(micro_run):
     from diffusers import AutoencoderKL
 
     from editflow.train.data import world_batch
 
     vae = AutoencoderKL.from_pretrained(micro_run / "run" / "vae")
-    x, _ = world_batch(0, 10_000, 16, 32)
+    x, _ = world_batch(0, 10_000, 16, 32, version=2)
     with torch.no_grad():
         z = (vae.encode(x).latent_dist.mode() - vae.config.shift_factor) * vae.config.scaling_factor
     assert abs(float(z.mean())) < 0.3 and 0.6 < float(z.std()) < 1.4
@@ -104,8 +128,9 @@ def test_export_is_a_loadable_pipeline_folder_with_a_model_card(micro_run, tmp_p
     out = stages.export(micro_run / "run", tmp_path / "shapes")
     card = (out / "MODEL.md").read_text()
     assert "Transformer: 4 steps" in card and "safetensors" in card
+    assert json.loads((out / "transformer" / "config.json").read_text())["guidance_embeds"]  # the student
     assert not list(out.rglob("*.bin")) and sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 60 * 2**20
-    code = ("import sys, editflow; m = editflow.load_model(sys.argv[1], device='cpu'); "
+    code = ("import sys, editflow; m = editflow.load_model(sys.argv[1], device='cpu'); assert m.guidance_distilled; "
             "im = editflow.generate(m, 'a large red circle in the center, on a gray background', 32, 32, steps=2); "
             "print(im.size)")
     r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,

@@ -1,6 +1,6 @@
 """``python -m editflow.train STAGE --config FILE --run DIR [--out DIR]``.
 
-STAGE: text | vae | flow | all | export. Every stage resumes from the checkpoints in ``--run``.
+STAGE: text | vae | flow | distill | all | export. Every stage resumes from the checkpoints in ``--run``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .config import TrainConfig
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m editflow.train", description=__doc__)
-    ap.add_argument("stage", choices=["text", "vae", "flow", "all", "export"])
+    ap.add_argument("stage", choices=["text", "vae", "flow", "distill", "all", "export"])
     ap.add_argument("--config", default=None, help="JSON config (defaults: the CPU configuration)")
     ap.add_argument("--run", required=True, help="run folder: checkpoints, logs, config")
     ap.add_argument("--out", default=None, help="export: the pipeline folder to write")
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.stage_vae(cfg, run, progress=not args.quiet)
         if args.stage in ("flow", "all"):
             stages.stage_flow(cfg, run, progress=not args.quiet)
+        if args.stage in ("distill", "all"):
+            stages.stage_distill(cfg, run, progress=not args.quiet)
     except (EditflowError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

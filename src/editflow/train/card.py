@@ -84,7 +84,17 @@ def quality_table(quality: dict) -> list[str]:
 
 def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, device: str | None = None) -> Path:
     cfg = json.loads((run_dir / "config.json").read_text())
-    vae_log, flow_log = _last_log(run_dir, "vae"), _last_log(run_dir, "flow")
+    vae_log, flow_log, distill_log = _last_log(run_dir, "vae"), _last_log(run_dir, "flow"), _last_log(run_dir, "distill")
+    version = cfg.get("world_version", 1)
+    world_line = ("shapes of named colours and sizes on a 3x3 grid over a plain background." if version == 1 else
+                  "shapes of named colours and sizes on a 3x3 grid over a grained background, each offset, rotated "
+                  "and jittered by detail no caption names (world version 2; held-out scene graphs never drawn).")
+    d = cfg.get("distill", {})
+    distill_lines = [] if not distill_log else [
+        f"- Guidance distillation: {distill_log.get('step', 0)} steps, batch {d.get('batch_size')}, guidance "
+        f"U[{d.get('guidance_min')}, {d.get('guidance_max')}], final loss {distill_log.get('loss', float('nan')):.4f}, "
+        f"{_stage_seconds(run_dir, 'distill') / 60:.1f} min. The exported transformer is the student "
+        "(`guidance_embeds: true`), as FLUX.1-dev: one call per step, the guidance value an input."]
     size_mb = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file()) / 2**20
     lines = [
         "# shapes: editflow's built-in FLUX-architecture model",
@@ -92,7 +102,7 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
         "A diffusers `FluxPipeline` (FluxTransformer2DModel, AutoencoderKL with 16 latent channels, frozen",
         "CLIP and T5 text encoders with project-made tokenizers) trained by editflow on its procedural",
         f"shapes world at {cfg['image_size']}x{cfg['image_size']} pixels. It knows only that world: simple",
-        "shapes of named colours and sizes on a 3x3 grid over a plain background.",
+        world_line,
         "",
         "## Training",
         "",
@@ -102,7 +112,9 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
         f"- VAE: {vae_log.get('step', 0)} steps, batch {cfg['vae']['batch_size']}, final loss {vae_log.get('loss', float('nan')):.4f}, "
         f"{_stage_seconds(run_dir, 'vae') / 60:.1f} min.",
         f"- Transformer: {flow_log.get('step', 0)} steps of rectified-flow matching, batch {cfg['flow']['batch_size']}, "
-        f"final loss {flow_log.get('loss', float('nan')):.4f}, {_stage_seconds(run_dir, 'flow') / 60:.1f} min.",
+        f"final loss {flow_log.get('loss', float('nan')):.4f}, {_stage_seconds(run_dir, 'flow') / 60:.1f} min"
+        f"{'' if not cfg['flow'].get('caption_dropout') else ', captions dropped for ' + format(cfg['flow']['caption_dropout'], '.0%') + ' (the CFG teacher)'}.",
+        *distill_lines,
         f"- Device: {device or platform.processor() or platform.machine()}; torch {torch.__version__}.",
         f"- Parameters: transformer {_params(out_dir / 'transformer') / 1e6:.2f} M, VAE {_params(out_dir / 'vae') / 1e6:.2f} M; "
         f"folder {size_mb:.1f} MiB (safetensors).",

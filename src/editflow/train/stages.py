@@ -10,7 +10,16 @@
 3. ``flow``: a FluxTransformer2DModel trained by rectified-flow matching on frozen VAE latents:
    ``t = shift_mu(sigmoid(n))`` with ``n ~ N(m, s)`` (logit-normal) and FLUX's resolution shift
    ``mu``; ``z_t = (1 - t) x0 + t eps``; loss ``|v_theta(z_t, t, c) - (eps - x0)|^2``.
-4. ``export``: the parts assembled into a diffusers ``FluxPipeline`` folder (safetensors).
+4. ``distill`` (when ``distill.steps > 0``): guidance distillation as FLUX.1-dev's. The ``flow``
+   stage, trained with caption dropout, is the teacher, whose classifier-free guidance at scale
+   ``g`` is ``v_g = v(z, t, "") + g (v(z, t, c) - v(z, t, ""))``. The student is the teacher plus a
+   guidance embedding (diffusers' ``guidance_embeds=True``: a sinusoidal embedding of ``1000 g``
+   added to the time embedding) whose last layer starts at zero, so it starts as the conditional
+   teacher; it is trained on ``|v_s(z_t, t, c, g) - v_g|^2`` with ``g ~ U[guidance_min,
+   guidance_max]`` on the flow stage's ``z_t`` and times. One student call then replaces the
+   teacher's two, and the guidance value acts as it does on FLUX.1-dev.
+5. ``export``: the parts assembled into a diffusers ``FluxPipeline`` folder (safetensors), with
+   the student as the transformer when there is one.
 """
 
 from __future__ import annotations
@@ -135,7 +144,7 @@ def set_latent_statistics(vae, cfg: TrainConfig, device, batches: int = 8) -> No
     vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
 
 
-def build_transformer(cfg: TrainConfig):
+def build_transformer(cfg: TrainConfig, guidance_embeds: bool = False):
     from diffusers import FluxTransformer2DModel
 
     f = cfg.flow
@@ -148,9 +157,15 @@ def build_transformer(cfg: TrainConfig):
         num_attention_heads=f.num_attention_heads,
         joint_attention_dim=cfg.text.dim,
         pooled_projection_dim=cfg.text.dim,
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
         axes_dims_rope=tuple(f.axes_dims_rope),
     )
+
+
+def final_transformer_dir(run_dir: Path) -> Path:
+    """The transformer to export: the distilled student when its stage has begun, else the flow stage's."""
+    student = run_dir / "student"
+    return student if (student / "config.json").is_file() else run_dir / "transformer"
 
 
 def assemble(run_dir: Path, transformer=None):
@@ -165,9 +180,63 @@ def assemble(run_dir: Path, transformer=None):
         tokenizer=CLIPTokenizer.from_pretrained(run_dir / "tokenizer"),
         text_encoder_2=T5EncoderModel.from_pretrained(run_dir / "text_encoder_2").eval(),
         tokenizer_2=T5TokenizerFast.from_pretrained(run_dir / "tokenizer_2"),
-        transformer=transformer if transformer is not None else FluxTransformer2DModel.from_pretrained(run_dir / "transformer"),
+        transformer=transformer if transformer is not None else FluxTransformer2DModel.from_pretrained(
+            final_transformer_dir(run_dir)),
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class FlowBatches:
+    """The flow-matching training pairs of a run: batch ``k`` of seed ``s`` is a pure function of both.
+
+    ``__call__(step, seed_offset)`` returns ``(z_t, t, eps - x0, cond)``: world images encoded by
+    the frozen VAE, a logit-normal time shifted by FLUX's resolution shift, the interpolant
+    ``z_t = (1 - t) x0 + t eps`` and the encoded captions (``""`` for a ``caption_dropout`` share).
+    """
+
+    def __init__(self, cfg: TrainConfig, pipe, device):
+        self.cfg, self.pipe, self.device = cfg, pipe, device
+        side = cfg.image_size // pipe.vae_scale_factor // 2
+        self.img_ids = latent_image_ids(side, side).to(device)
+        self.mu = resolution_mu(side * side, FLUX_SCHEDULER_CONFIG["base_image_seq_len"],
+                                FLUX_SCHEDULER_CONFIG["max_image_seq_len"], FLUX_SCHEDULER_CONFIG["base_shift"],
+                                FLUX_SCHEDULER_CONFIG["max_shift"])
+        self.noise_gen = torch.Generator(device="cpu")
+
+    def encode(self, captions: list[str]):
+        return self.pipe.encode_prompt(captions, prompt_2=None, device=self.device,
+                                       max_sequence_length=self.cfg.text.max_sequence_length)
+
+    @torch.no_grad()
+    def __call__(self, step: int, batch_size: int, caption_dropout: float, seed_offset: int = 0):
+        cfg, vae = self.cfg, self.pipe.vae
+        seed = cfg.seed + seed_offset
+        x, captions = world_batch(seed, step, batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects,
+                                  version=cfg.world_version)
+        self.noise_gen.manual_seed(seed * 1_000_003 + step)
+        if caption_dropout > 0:
+            drop = torch.rand(len(captions), generator=self.noise_gen) < caption_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        lat = vae.encode(x.to(self.device)).latent_dist.mode()
+        x0 = pack_latents((lat - vae.config.shift_factor) * vae.config.scaling_factor)
+        cond = self.encode(captions)
+        n = cfg.flow.logit_normal_mean + cfg.flow.logit_normal_std * torch.randn(x0.shape[0], generator=self.noise_gen)
+        t = time_shift_exponential(self.mu, torch.sigmoid(n)).to(self.device)
+        eps = torch.randn(x0.shape, generator=self.noise_gen).to(self.device)
+        z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+        return z_t, t, eps - x0, cond
+
+    def velocity(self, transformer, z_t, t, cond, guidance=None):
+        embeds, pooled, txt_ids = cond
+        return transformer(hidden_states=z_t, timestep=t, guidance=guidance, pooled_projections=pooled,
+                           encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=self.img_ids, return_dict=False)[0]
+
+
+def _frozen_pipe(run_dir: Path, transformer, device):
+    pipe = assemble(run_dir, transformer).to(device)
+    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
     return pipe
 
 
@@ -177,38 +246,60 @@ def stage_flow(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     device = loop.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed + 1)
     transformer = _load_or_build(FluxTransformer2DModel, run_dir / "transformer", lambda: build_transformer(cfg))
-    pipe = assemble(run_dir, transformer).to(device)
-    for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        module.requires_grad_(False)
-    f, vae = cfg.flow, pipe.vae
-    side = cfg.image_size // pipe.vae_scale_factor // 2
-    img_ids = latent_image_ids(side, side).to(device)
-    mu = resolution_mu(side * side, FLUX_SCHEDULER_CONFIG["base_image_seq_len"], FLUX_SCHEDULER_CONFIG["max_image_seq_len"],
-                       FLUX_SCHEDULER_CONFIG["base_shift"], FLUX_SCHEDULER_CONFIG["max_shift"])
-    noise_gen = torch.Generator(device="cpu")
+    batches = FlowBatches(cfg, _frozen_pipe(run_dir, transformer, device), device)
+    f = cfg.flow
 
     def loss_at(step: int) -> torch.Tensor:
-        x, captions = world_batch(cfg.seed, step, f.batch_size, cfg.image_size, cfg.min_objects, cfg.max_objects,
-                                  version=cfg.world_version)
-        noise_gen.manual_seed(cfg.seed * 1_000_003 + step)
-        if f.caption_dropout > 0:
-            drop = torch.rand(len(captions), generator=noise_gen) < f.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        with torch.no_grad():
-            lat = vae.encode(x.to(device)).latent_dist.mode()
-            x0 = pack_latents((lat - vae.config.shift_factor) * vae.config.scaling_factor)
-            embeds, pooled, txt_ids = pipe.encode_prompt(captions, prompt_2=None, device=device,
-                                                         max_sequence_length=cfg.text.max_sequence_length)
-        n = f.logit_normal_mean + f.logit_normal_std * torch.randn(x0.shape[0], generator=noise_gen)
-        t = time_shift_exponential(mu, torch.sigmoid(n)).to(device)
-        eps = torch.randn(x0.shape, generator=noise_gen).to(device)
-        z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-        v = transformer(hidden_states=z_t, timestep=t, guidance=None, pooled_projections=pooled,
-                        encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        return (v - (eps - x0)).pow(2).mean()
+        z_t, t, target, cond = batches(step, f.batch_size, f.caption_dropout)
+        return (batches.velocity(transformer, z_t, t, cond) - target).pow(2).mean()
 
     loop.run("flow", transformer, list(transformer.parameters()), loss_at, f.steps, f.lr, f.warmup,
              run_dir / "transformer", cfg.checkpoint_every, progress)
+
+
+def student_from(teacher, cfg: TrainConfig):
+    """The teacher's weights in a transformer with a guidance embedding whose output layer is zero."""
+    student = build_transformer(cfg, guidance_embeds=True)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("time_text_embed.guidance_embedder.") for k in missing):
+        raise ValueError(f"teacher and student differ beyond the guidance embedding: {missing + unexpected}")
+    torch.nn.init.zeros_(student.time_text_embed.guidance_embedder.linear_2.weight)
+    torch.nn.init.zeros_(student.time_text_embed.guidance_embedder.linear_2.bias)
+    return student
+
+
+DISTILL_SEED_OFFSET = 17  # distillation batches: the training split, another stream than the flow stage's
+
+
+def stage_distill(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
+    from diffusers import FluxTransformer2DModel
+
+    d = cfg.distill
+    if d.steps <= 0:
+        return
+    device = loop.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed + 2)
+    teacher = FluxTransformer2DModel.from_pretrained(run_dir / "transformer").to(device).eval().requires_grad_(False)
+    student = _load_or_build(FluxTransformer2DModel, run_dir / "student", lambda: student_from(teacher, cfg)).to(device)
+    batches = FlowBatches(cfg, _frozen_pipe(run_dir, teacher, device), device)
+    guidance_gen = torch.Generator(device="cpu")
+
+    def loss_at(step: int) -> torch.Tensor:
+        z_t, t, _, cond = batches(step, d.batch_size, 0.0, DISTILL_SEED_OFFSET)
+        guidance_gen.manual_seed(cfg.seed * 7_000_003 + step)
+        g = (d.guidance_min + (d.guidance_max - d.guidance_min) * torch.rand(z_t.shape[0], generator=guidance_gen))
+        g = g.to(device)
+        b = z_t.shape[0]
+        with torch.no_grad():
+            (embeds, pooled, txt_ids), (empty, empty_pooled, _) = cond, batches.encode([""] * b)
+            both = (torch.cat([embeds, empty]), torch.cat([pooled, empty_pooled]), txt_ids)
+            v = batches.velocity(teacher, torch.cat([z_t, z_t]), torch.cat([t, t]), both)
+            v_cond, v_uncond = v[:b], v[b:]
+            target = v_uncond + g[:, None, None] * (v_cond - v_uncond)
+        return (batches.velocity(student, z_t, t, cond, guidance=g) - target).pow(2).mean()
+
+    loop.run("distill", student, list(student.parameters()), loss_at, d.steps, d.lr, d.warmup,
+             run_dir / "student", cfg.checkpoint_every, progress)
 
 
 def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, quality: dict | None = None,
