@@ -72,3 +72,25 @@ def test_an_edit_recorded_twice_counts_once(tmp_path):
     assert f": {len(rows)} edits" in text and "| flowedit | 10 |" in text
     flow = [r["metrics"]["psnr_bg"] for r in rows if r["method"] == "flowedit"]
     assert f"{np.mean(flow):.4g}" in text  # the first record of each key, not the duplicate's 0.0
+
+
+def test_paired_differences_pick_the_best_method_and_test_against_baselines():
+    """A method 1 dB above another on every item differs significantly even when the item-to-item
+    spread (10 dB) hides it from the unpaired intervals; baselines are compared, never picked."""
+    from editflow.bench.report import paired
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(30, 10, size=40)
+    rows = []
+    for method, shift, baseline in (("a", 1.0, False), ("b", 0.0, False), ("regeneration", 50.0, True)):
+        for i, v in enumerate(base):
+            rows.append({"key": f"{method}{i}", "item": str(i), "method": method, "params": {}, "baseline": baseline,
+                         "metrics": {"psnr_bg": v + shift + rng.normal(0, 0.1), "lpips_bg": 1.0 - shift / 10}})
+    best, diffs = paired(rows, "psnr_bg")
+    assert best == "a"  # the baseline scores higher but is never "best"
+    by = {label: (mean, half, n) for label, mean, half, n in diffs}
+    mean, half, n = by["b"]
+    assert n == 40 and mean == pytest.approx(1.0, abs=0.1) and half < 0.1
+    assert by["regeneration (baseline)"][0] == pytest.approx(-49.0, abs=0.2)
+    assert paired(rows, "lpips_bg")[0] == "a"  # lower is better for LPIPS
+    assert paired(rows, "clip_t") is None

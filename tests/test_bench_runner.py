@@ -26,7 +26,8 @@ def edit_set(tmp_path_factory):
 
 def _cmd(data, out, *extra):
     return [sys.executable, "-m", "editflow", "bench", "run", "--data", str(data), "--methods", "flowedit",
-            "--model", "tiny-flux", "--out", str(out), "--set", "steps=24", "--device", "cpu", "-q", *extra]
+            "--model", "tiny-flux", "--out", str(out), "--set", "steps=24", "--device", "cpu", "-q",
+            "--baselines", "identity,vae_ceiling", *extra]
 
 
 def _stable(rows):
@@ -48,7 +49,8 @@ def uninterrupted(edit_set, tmp_path_factory):
 
 
 def test_a_run_writes_one_record_per_edit_with_metrics(uninterrupted, edit_set):
-    assert len(uninterrupted) == 6 and len({r["key"] for r in uninterrupted}) == 6
+    assert len(uninterrupted) == 18 and len({r["key"] for r in uninterrupted}) == 18
+    assert sorted({r["method"] for r in uninterrupted}) == ["flowedit", "identity", "vae_ceiling"]
     r = uninterrupted[0]
     assert r["method"] == "flowedit" and r["nfe_calls"] == r["params"]["n_max"] - r["params"]["n_min"]
     assert {"psnr", "ssim", "mse", "psnr_bg", "oracle_edit_correct"} <= set(r["metrics"])
@@ -67,16 +69,16 @@ def test_killed_run_resumes_to_the_same_results_without_duplicates(edit_set, uni
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = len(read_records(out))
-    assert 2 <= written < 6, written  # it really was cut midway
+    assert 2 <= written < 18, written  # it really was cut midway
     assert (out / ".lock.r0").read_text().strip() == str(proc.pid)  # the killed run's lock file stays: no block
     with open(shard, "ab") as f:  # and a crash mid-write leaves a cut line
         f.write(b'{"key": "cut-in-the-mid')
     subprocess.run(_cmd(edit_set, out), check=True, env=_env(), timeout=300)
     rows = read_records(out)
-    assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
+    assert len(rows) == 18 and len({r["key"] for r in rows}) == 18
     assert _stable(rows) == _stable(uninterrupted)
     subprocess.run(_cmd(edit_set, out), check=True, env=_env(), timeout=300)  # a third run adds nothing
-    assert len(read_records(out)) == 6
+    assert len(read_records(out)) == 18
 
 
 def test_two_processes_cover_every_item_once(edit_set, uninterrupted, tmp_path):
@@ -91,6 +93,38 @@ def test_two_processes_cover_every_item_once(edit_set, uninterrupted, tmp_path):
     assert sorted(r["item"] for r in rows) == sorted(r["item"] for r in uninterrupted)
     assert {r["rank"] for r in rows} == {0, 1}
     assert _stable(rows) == _stable(uninterrupted)
+
+
+def test_baselines_are_scored_beside_the_methods(edit_set, tmp_path):
+    """Identity is the source (no call, edit never right); regeneration costs its 28 Euler calls and
+    never sees the source; the ceiling is the ground truth through the VAE (no transformer call)."""
+    import numpy as np
+    from PIL import Image
+
+    import editflow
+    from editflow.bench.baselines import REGENERATION_STEPS, parse_baselines
+    from editflow.bench.runner import run
+    from editflow.images import to_pil, to_tensor
+
+    model = editflow.load_model("tiny-flux", device="cpu")
+
+    run(str(edit_set), ["flowedit"], "tiny-flux", str(tmp_path), ["steps=4"], limit=2, device="cpu", progress=False)
+    rows = {(r["method"], r["item"]): r for r in read_records(tmp_path)}
+    assert {m for m, _ in rows} == {"flowedit", "identity", "regeneration", "vae_ceiling"}
+    for item in ("00000", "00001"):
+        ident, regen, ceiling = (rows[(m, item)] for m in ("identity", "regeneration", "vae_ceiling"))
+        assert ident["baseline"] and not rows[("flowedit", item)]["baseline"]
+        assert ident["nfe_calls"] == 0 and ident["metrics"]["psnr"] == "inf"
+        assert ident["metrics"]["oracle_edit_correct"] == 0.0
+        assert regen["nfe_calls"] == REGENERATION_STEPS and regen["params"] == {"steps": REGENERATION_STEPS}
+        assert ceiling["nfe_calls"] == 0
+        truth = Image.open(edit_set / "target" / f"{item}.png").convert("RGB")
+        x = to_tensor(truth)
+        expected = np.asarray(to_pil(model.decode(model.encode_image(x), model.grid(*x.shape[-2:]))))
+        assert (np.asarray(Image.open(tmp_path / ceiling["image"])) == expected).all()
+    assert parse_baselines("none") == () and parse_baselines(None) == ("identity", "regeneration", "vae_ceiling")
+    with pytest.raises(EditflowError, match="unknown baseline 'oracle'"):
+        parse_baselines("identity,oracle")
 
 
 def test_set_parsing():

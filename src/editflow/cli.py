@@ -6,7 +6,7 @@
     editflow solvers
     editflow vital-layers --prompts FILE --out layers.json [--model NAME] [--seeds 0,1]
     editflow models
-    editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...]
+    editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...] [--baselines none]
     editflow bench report DIR
     editflow world sample --n N --seed S -o DIR [--size 64] [--world-version 2] [--split any] [--paraphrase]
     editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--world-version 2] [--split held_out] [...]
@@ -472,18 +472,25 @@ def bench_run_cmd(
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="N: only the first N items; NAME=VALUE: raise a "
                                               "work limit on purpose, as for `edit` (repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present)."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Baselines scored beside the methods: "
+                                            "identity,regeneration,vae_ceiling (the default: all three) or none."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Edit every item of --data with every method; one JSONL record per edit with its metrics.
 
+    The baselines (the source unchanged, regeneration from the target prompt, the ground truth
+    through the VAE) are scored on the same items unless --baselines says otherwise.
+
     Under `accelerate launch -m editflow bench run ...` each process takes its share of the items.
     """
     _quiet_libraries()
+    from .bench.baselines import parse_baselines
     from .bench.runner import run
     from .limits import Limits
     from .models.zoo import DEFAULT_MODEL
 
     try:
+        chosen_baselines = parse_baselines(baselines)
         pairs = [v for v in limit or [] if "=" in v]
         counts = [v for v in limit or [] if "=" not in v]
         if len(counts) > 1:
@@ -501,7 +508,8 @@ def bench_run_cmd(
             paths[name.strip()] = path
         names = [m.strip() for m in methods.split(",") if m.strip()]
         shard = run(str(data), names, model or DEFAULT_MODEL, str(out), sets or [],
-                    [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, items, device, not quiet, limits)
+                    [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, items, device, not quiet, limits,
+                    chosen_baselines)
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:

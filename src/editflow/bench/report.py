@@ -13,7 +13,13 @@ Writes into ``DIR/report/`` (each file to a temporary name, then renamed):
 * ``nfe.png``: a metric against NFE per method;
 * ``grid.png``: source | each method, for the first ``--grid`` items.
 
-Methods run with several parameter sets are told apart as ``method[hash]``.
+Methods run with several parameter sets are told apart as ``method[hash]``; baselines (identity,
+regeneration, vae_ceiling) are labelled ``name (baseline)`` and listed after the methods.
+
+Claims of "best" rest on paired differences: ``summary.md`` ends with, per headline metric, the
+best method's mean difference to every other row over the items both scored (mean and 95%
+half-width of the per-item differences, ``1.96 s_d / sqrt(n)``), marked significant when that
+interval excludes zero.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ from .runner import read_records
 
 # Columns of the markdown tables, in this order, where measured (the CSV has every metric).
 PREFERRED = ["clip_t", "clip_i", "dino", "lpips", "lpips_bg", "dreamsim", "structure_distance", "psnr_bg", "ssim_bg",
-             "psnr", "oracle_edit_correct", "oracle_others_correct", "oracle_psnr_inside_mask_vs_target"]
+             "psnr", "oracle_edit_correct", "oracle_structure_kept", "oracle_others_kept", "oracle_others_correct",
+             "oracle_grain_corr", "oracle_psnr_inside_mask_vs_target"]
+# Metrics whose paired differences summary.md reports, and the direction that is better.
+HEADLINE = {"psnr_bg": 1, "oracle_edit_correct": 1, "oracle_structure_kept": 1, "oracle_others_kept": 1,
+            "clip_t": 1, "lpips_bg": -1, "structure_distance": -1}
 
 
 def _label(rows: list[dict]) -> dict[str, str]:
@@ -49,7 +59,15 @@ def _params_id(r: dict) -> str:
 
 def labelled(rows: list[dict]) -> list[tuple[str, dict]]:
     kinds = _label(rows)
-    return [(r["method"] if kinds[r["method"]] == "one" else f"{r['method']}[{_params_id(r)}]", r) for r in rows]
+    out = []
+    for r in rows:
+        name = r["method"] if kinds[r["method"]] == "one" else f"{r['method']}[{_params_id(r)}]"
+        out.append((f"{name} (baseline)" if r.get("baseline") else name, r))
+    return out
+
+
+def _order(label: str) -> tuple[bool, str]:
+    return label.endswith("(baseline)"), label
 
 
 def _value(v) -> float:
@@ -92,7 +110,7 @@ def markdown(names: list[str], table: dict, title: str) -> str:
     cats = ["all"] + sorted({c for c, _ in table if c != "all"})
     out = [f"# {title}", ""]
     for cat in cats:
-        labels = sorted(lbl for c, lbl in table if c == cat)
+        labels = sorted((lbl for c, lbl in table if c == cat), key=_order)
         out += [f"## {'all items' if cat == 'all' else cat}", "",
                 "| method | n | NFE | s/edit (median) | " + " | ".join(names) + " |",
                 "| --- " * (4 + len(names)) + "|"]
@@ -101,6 +119,47 @@ def markdown(names: list[str], table: dict, title: str) -> str:
             vals = [f"{cell[m][0]:.4g} ± {cell[m][1]:.2g}" if cell[m][2] else "-" for m in names]
             out.append(f"| {lbl} | {cell['n']} | {cell['nfe_calls'][0]:.0f} | {cell['median_seconds']:.2f} | "
                        + " | ".join(vals) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def paired(rows: list[dict], metric: str) -> tuple[str, list[tuple[str, float, float, int]]] | None:
+    """The best non-baseline row on ``metric`` (by mean, in the direction :data:`HEADLINE` gives)
+    and, for every other row, ``(label, mean(best - other), 95% half-width, n)`` over the items
+    both scored with finite values. None when no method scored ``metric``."""
+    sign = HEADLINE.get(metric, 1)
+    values: dict[str, dict[str, float]] = defaultdict(dict)
+    for label, r in labelled(rows):
+        v = _value(r["metrics"].get(metric))
+        if math.isfinite(v):
+            values[label][r["item"]] = v
+    methods = [lbl for lbl in values if not lbl.endswith("(baseline)")]
+    if not methods:
+        return None
+    best = max(methods, key=lambda lbl: sign * float(np.mean(list(values[lbl].values()))))
+    out = []
+    for other in sorted(values, key=_order):
+        if other == best:
+            continue
+        common = sorted(set(values[best]) & set(values[other]))
+        mean, half, n = mean_ci([values[best][i] - values[other][i] for i in common])
+        out.append((other, mean, half, n))
+    return best, out
+
+
+def paired_markdown(rows: list[dict], names: list[str]) -> str:
+    out = ["## Paired differences (best method minus each row, same items)", ""]
+    for metric in (m for m in HEADLINE if m in names):
+        result = paired(rows, metric)
+        if result is None:
+            continue
+        best, diffs = result
+        better = "higher" if HEADLINE[metric] > 0 else "lower"
+        out += [f"**{metric}** ({better} is better): best method `{best}`", "",
+                "| row | best minus row | 95% CI | n | significant |", "| --- | --- | --- | --- | --- |"]
+        for label, mean, half, n in diffs:
+            sig = "yes" if n > 1 and math.isfinite(half) and abs(mean) > half else "no"
+            out.append(f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {sig} |")
         out.append("")
     return "\n".join(out)
 
@@ -200,7 +259,7 @@ def report(run_dir: str, x: str | None = None, y: str | None = None, grid_items:
     names, table = summarise(rows)
     folder = root / "report"
     folder.mkdir(exist_ok=True)
-    text = markdown(names, table, title or f"Benchmark {root.name}: {len(rows)} edits")
+    text = markdown(names, table, title or f"Benchmark {root.name}: {len(rows)} edits") + "\n" + paired_markdown(rows, names)
     _write(folder / "summary.md", text)
     _write(folder / "summary.csv", csv_text(names, table))
     _plots(names, table, folder, x, y)

@@ -10,6 +10,10 @@ complete line), so killing a run loses at most the item in flight. Under ``accel
 A record: ``key, item, category, method, params, model, seed, metrics{...}, nfe_calls, nfe_rows,
 seconds, peak_memory_bytes, image`` (the edited image, relative to the output folder).
 
+Every run also scores the baselines of :mod:`editflow.bench.baselines` (identity, regeneration
+from the target prompt, the ground truth through the VAE where the dataset has one) on the same
+items and metrics, recorded as methods of those names, unless ``baselines`` says otherwise.
+
 Before any model loads, :func:`run` checks the whole dataset, the methods, ``--set`` values,
 ``limit`` and the seed range, then takes an exclusive lock on ``OUT/.lock.r{rank}`` (``flock``,
 released by the kernel when the process ends, so a killed run leaves no stale lock): a second
@@ -34,6 +38,7 @@ import numpy as np
 
 from ..errors import EditflowError
 from ..limits import SEED_MAX, Limits
+from .baselines import BASELINES, applies, baseline_params, run_baseline
 from .datasets import EditRecord, image_stem, load_dataset, one_line
 
 PIXEL_METRICS = ("psnr", "ssim", "mse")
@@ -312,8 +317,8 @@ def _save(image, path: Path) -> None:
 def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str] | None = None,
         metrics: list[str] | None = None, metric_paths: dict[str, str] | None = None, seed: int = 0,
         limit: int | None = None, device: str | None = None, progress: bool = True,
-        limits: Limits | None = None) -> Path:
-    """Run every (item, method) not yet in ``out``; returns this process's shard path.
+        limits: Limits | None = None, baselines: tuple[str, ...] = BASELINES) -> Path:
+    """Run every (item, method) and (item, baseline) not yet in ``out``; returns this process's shard path.
 
     Checks everything :func:`prepare` lists, creates ``out`` and takes its lock (:func:`run_lock`)
     before any model loads."""
@@ -333,8 +338,10 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
         metric_list = pixel_metrics() + [oracle_metric()] + model_metrics(metrics or [], metric_paths or {}, device)
         model = load_model(model_name, device=device, progress=progress)
         resolved = _resolved(methods, overrides, model.family, limits)
+        resolved.update({b: baseline_params(b) for b in baselines})
         done = {r["key"] for r in read_records(root, repair=shard)}
-        todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank for m in methods
+        todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank
+                for m in [*methods, *(b for b in baselines if applies(b, rec.target_image))]
                 if record_key(rec.id, m, resolved[m], model_name, seed) not in done]
         bar = None
         if progress:
@@ -348,21 +355,27 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask))
                 loaded = (i, rec, load_image(rec.image, limits))
             _, rec, source = loaded
-            result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
-                          mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])
+            if m in baselines:
+                truth = load_image(rec.target_image, limits) if m == "vae_ceiling" else None
+                image, nfe, seconds = run_baseline(m, model, source, rec.target_prompt, seed + i, truth, limits)
+                peak = 0
+            else:
+                result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
+                              mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])
+                image, nfe, seconds, peak = result.image, result.nfe, result.seconds, result.peak_memory_bytes
             key = record_key(rec.id, m, resolved[m], model_name, seed)
             rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + ".png")
-            _save(result.image, root / rel)
-            src, edited = np.asarray(source), np.asarray(result.image)
+            _save(image, root / rel)
+            src, edited = np.asarray(source), np.asarray(image)
             values: dict[str, float] = {}
             for metric in metric_list:
                 values.update(metric.fn(src, edited, rec))
             append_record(shard, {
                 "key": key, "item": rec.id, "category": rec.category, "method": m, "params": resolved[m],
                 "model": model_name, "seed": seed, "metrics": {k: _finite(v) for k, v in values.items()},
-                "nfe_calls": result.nfe.calls, "nfe_rows": result.nfe.rows, "seconds": result.seconds,
-                "peak_memory_bytes": result.peak_memory_bytes, "image": str(rel), "source_image": str(rec.image),
-                "rank": rank,
+                "nfe_calls": nfe.calls, "nfe_rows": nfe.rows, "seconds": seconds,
+                "peak_memory_bytes": peak, "image": str(rel), "source_image": str(rec.image),
+                "rank": rank, "baseline": m in baselines,
             })
             if bar is not None:
                 bar.update(1)

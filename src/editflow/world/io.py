@@ -96,7 +96,7 @@ def _rng(seed: int, i: int) -> np.random.Generator:
 def write_samples(
     out: str | os.PathLike, n: int, seed: int = 0, size: int = 64,
     textures: bool = False, paraphrase: bool = False, progress: Callable | None = None,
-    version: int = 1, split: str | None = None,
+    version: int = 2, split: str | None = None,
 ) -> Path:
     """Write ``n`` random scenes with captions to ``out``; returns the manifest path.
 
@@ -120,7 +120,7 @@ def write_samples(
 def write_edits(
     out: str | os.PathLike, n: int, seed: int = 0, kinds: Iterable[str] = EDIT_KINDS, size: int = 64,
     textures: bool = False, paraphrase: bool = False, progress: Callable | None = None,
-    version: int = 1, split: str | None = None,
+    version: int = 2, split: str | None = "held_out",
 ) -> Path:
     """Write ``n`` edit examples (source, ground-truth target, mask) to ``out``; returns the JSONL path."""
     check_options(n, size, seed, version, split, textures)
