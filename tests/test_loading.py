@@ -72,10 +72,19 @@ def test_default_model_is_never_a_tiny_test_model():
     from editflow.models.zoo import DEFAULT_MODEL, NOISE_MODELS, shapes_available
 
     assert DEFAULT_MODEL == "shapes" and DEFAULT_MODEL not in NOISE_MODELS
-    if not shapes_available():
-        with pytest.raises(editflow.ModelNotAvailableError) as err:
-            editflow.load_model()
-        assert "shapes" in str(err.value) and "--model tiny-flux" in str(err.value)
+    assert shapes_available()  # a checkout ships it (git holds the folder; the package data includes it)
+
+
+def test_an_install_without_the_shapes_folder_says_how_to_get_it(tmp_path, monkeypatch):
+    from editflow.models import zoo
+
+    monkeypatch.setattr(zoo, "SHAPES_DIR", tmp_path / "missing")
+    assert not zoo.shapes_available()
+    with pytest.raises(editflow.ModelNotAvailableError) as err:
+        editflow.load_model()
+    message = str(err.value)
+    assert "shapes" in message and "--model tiny-flux" in message and "pip install -e ." in message
+    assert "\n" not in message
 
 
 def test_t5_tokenizer_is_word_level_and_survives_save_and_load(tmp_path):

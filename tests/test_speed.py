@@ -28,10 +28,39 @@ def test_speed_benchmark_counts_calls_and_re_edits(tmp_path):
         m = editflow.METHODS[name]
         p = m.params.for_family("flux", steps=4, **({"inject": 4} if name == "rf_edit" else {}))  # as the benchmark
         assert (rows[name]["calls"], rows[name]["rows"]) == (m.expected_nfe(p).calls, m.expected_nfe(p).rows)
-        assert rows[name]["overhead"] > 0.5
+        # the loop's own work beside the model's calls: a step that re-encoded a prompt, synchronised or
+        # copied the latent to the host would push this well past 1 (the CPU timings are noisy, so loose)
+        assert 0.3 < rows[name]["overhead"] < 3.0, rows[name]
     assert rows["ode_inversion re-edit"]["calls"] == rows["ode_inversion"]["calls"] // 2
     assert rows["rf_edit"]["store_bytes"] > 0
     # FLUX.1-dev: 18 of 38 single blocks store V (ours: 1 of 2), width 3072 (ours 128), bf16 (ours fp32)
     assert rows["rf_edit"]["store_bytes_flux_dev"] == int(rows["rf_edit"]["store_bytes"] * 18 / 1 * 3072 / 128 * 2 / 4)
     assert rows["kv_edit (25% mask)"]["overhead"] is None and rows["kv_edit (full image)"]["calls"] > 0
     assert out.with_suffix(".md").read_text().startswith("# speed")
+
+
+def test_an_edit_encodes_each_prompt_once_and_the_image_once():
+    """What an edit costs besides its NFE formula, counted (not timed): one text-encoder pass per new
+    prompt, then none (cached), one VAE encode and one decode, whatever the number of steps."""
+    from PIL import Image
+
+    model = editflow.load_model("tiny-flux", device="cpu")
+    counts = {"t5": 0, "clip": 0, "encoder": 0, "decoder": 0}
+    for name, module in (("t5", model.pipe.text_encoder_2), ("clip", model.pipe.text_encoder),
+                         ("encoder", model.pipe.vae.encoder), ("decoder", model.pipe.vae.decoder)):
+        module.register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    for k, method in enumerate(("flowedit", "ode_inversion", "rf_edit", "fireflow", "kv_edit", "stable_flow",
+                                "dit4edit", "rf_inversion")):
+        before = dict(counts)
+        mask = Image.new("L", (64, 64), 255) if method == "kv_edit" else None
+        extra = {"layers": "double.0"} if method == "stable_flow" else {}
+        editflow.edit(model, image, f"a red square {k}", f"a blue square {k}", method=method, seed=0, steps=6,
+                      mask=mask, progress=False, **extra)
+        used = {key: counts[key] - before[key] for key in counts}
+        assert used == {"t5": 2, "clip": 2, "encoder": 1, "decoder": 1}, (method, used)
+        before = dict(counts)
+        editflow.edit(model, image, f"a red square {k}", f"a blue square {k}", method=method, seed=1, steps=6,
+                      mask=mask, progress=False, **extra)
+        used = {key: counts[key] - before[key] for key in counts}
+        assert used == {"t5": 0, "clip": 0, "encoder": 1, "decoder": 1}, (method, used)
