@@ -283,6 +283,8 @@ def stage_distill(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Non
     student = _load_or_build(FluxTransformer2DModel, run_dir / "student", lambda: student_from(teacher, cfg)).to(device)
     batches = FlowBatches(cfg, _frozen_pipe(run_dir, teacher, device), device)
     guidance_gen = torch.Generator(device="cpu")
+    with torch.no_grad():
+        empty, empty_pooled, _ = batches.encode([""])  # the unconditional branch's prompt, encoded once
 
     def loss_at(step: int) -> torch.Tensor:
         z_t, t, _, cond = batches(step, d.batch_size, 0.0, DISTILL_SEED_OFFSET)
@@ -291,8 +293,9 @@ def stage_distill(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Non
         g = g.to(device)
         b = z_t.shape[0]
         with torch.no_grad():
-            (embeds, pooled, txt_ids), (empty, empty_pooled, _) = cond, batches.encode([""] * b)
-            both = (torch.cat([embeds, empty]), torch.cat([pooled, empty_pooled]), txt_ids)
+            embeds, pooled, txt_ids = cond
+            both = (torch.cat([embeds, empty.expand_as(embeds)]), torch.cat([pooled, empty_pooled.expand_as(pooled)]),
+                    txt_ids)
             v = batches.velocity(teacher, torch.cat([z_t, z_t]), torch.cat([t, t]), both)
             v_cond, v_uncond = v[:b], v[b:]
             target = v_uncond + g[:, None, None] * (v_cond - v_uncond)
