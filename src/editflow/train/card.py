@@ -54,30 +54,41 @@ def _text_line(run_dir: Path, cfg: dict) -> str:
             f"{scores}), then both frozen.")
 
 
-# (what, where in benchmarks/shapes_quality.py's JSON, the Shapes issue's target)
-_ROWS = [
-    ("text-to-image: object colour accuracy", ("text_to_image", "color"), ">= 90%"),
-    ("text-to-image: object shape accuracy", ("text_to_image", "shape"), ">= 80%"),
-    ("text-to-image: object position accuracy", ("text_to_image", "position"), ">= 90%"),
-    ("text-to-image: object size accuracy", ("text_to_image", "size"), ""),
-    ("text-to-image: background accuracy", ("text_to_image", "background"), ""),
-    ("text-to-image: whole scene right", ("text_to_image", "all_correct"), ""),
-]
+# (what, key in a text_to_image entry of benchmarks/shapes_quality.py's JSON, target)
+_T2I = [("object colour", "color", ">= 90%"), ("object shape", "shape", ">= 80%"), ("object position", "position", ">= 90%"),
+        ("object size", "size", ""), ("background", "background", ""), ("whole scene right", "all_correct", "")]
 
 
 def quality_table(quality: dict) -> list[str]:
-    """Markdown lines: the measured numbers beside the targets, then the raw JSON."""
+    """Markdown lines: the measured numbers beside the targets, then the raw JSON.
+
+    Reads both layouts of ``benchmarks/shapes_quality.py``: ``text_to_image`` one entry (world
+    version 1) or a list with one entry per guidance value (version 2).
+    """
     lines = ["| measure | value | target |", "| --- | --- | --- |"]
-    for label, (section, key), target in _ROWS:
-        if section in quality:
-            lines.append(f"| {label} (n={quality[section]['n']}) | {quality[section][key]:.1%} | {target} |")
+    t2i = quality.get("text_to_image", [])
+    for entry in [t2i] if isinstance(t2i, dict) else t2i:
+        g = entry.get("guidance")
+        where = "" if g is None else f", guidance {g:g}"
+        for label, key, target in _T2I:
+            lines.append(f"| text-to-image{where}: {label} (n={entry['n']}) | {entry[key]:.1%} | {target} |")
     if "reconstruction" in quality:
         r = quality["reconstruction"]
-        lines.append(f"| VAE reconstruction PSNR, mean / min (n={r['n']}) | {r['psnr_mean']:.1f} / {r['psnr_min']:.1f} dB | >= 30 dB |")
+        if "objects_read_right" in r:
+            lines.append(f"| VAE round trip: objects read right (n={r['objects']}) | {r['objects_read_right']:.1%} | >= 97% |")
+        if "structure_kept" in r:
+            lines.append(f"| VAE round trip: objects' structure kept (IoU >= 0.7) | {r['structure_kept']:.1%} | |")
+        lines.append(f"| VAE reconstruction PSNR, mean / min (n={r['n']}) | {r['psnr_mean']:.1f} / {r['psnr_min']:.1f} dB | |")
     for method, e in quality.get("editing", {}).items():
-        target = (">= 70%", ">= 25 dB") if method == "flowedit" else ("", "")
-        lines.append(f"| colour edit, {method}: edited object's colour right (n={e['n']}) | {e['color_accuracy']:.1%} | {target[0]} |")
-        lines.append(f"| colour edit, {method}: PSNR outside the mask vs source | {e['psnr_outside_mask']:.1f} dB | {target[1]} |")
+        right = e.get("edit_correct", e.get("color_accuracy"))
+        lines.append(f"| colour edit, {method}: edit right (n={e['n']}) | {right:.1%} | |")
+        if e.get("structure_kept") is not None and e["structure_kept"] == e["structure_kept"]:
+            lines.append(f"| colour edit, {method}: structure kept | {e['structure_kept']:.1%} | |")
+        lines.append(f"| colour edit, {method}: PSNR outside the mask vs source | {e['psnr_outside_mask']:.1f} dB | |")
+    if "guidance" in quality:
+        g = quality["guidance"]
+        lines.append(f"| FlowEdit target guidance {g['target_guidance']:g} vs {g['source_guidance']:g}: mean absolute "
+                     f"pixel difference (n={g['n']}) | {g['mean_abs_pixel_difference']:.2f} / 255 | > 0 |")
     settings = f"{quality.get('steps', '?')} Euler steps, {quality.get('size', '?')} px, device {quality.get('device', '?')}"
     return lines + ["", f"Sampling: {settings}. Raw output:", "", "```json", json.dumps(quality, indent=1), "```"]
 
@@ -86,6 +97,7 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
     cfg = json.loads((run_dir / "config.json").read_text())
     vae_log, flow_log, distill_log = _last_log(run_dir, "vae"), _last_log(run_dir, "flow"), _last_log(run_dir, "distill")
     version = cfg.get("world_version", 1)
+    config_name = "configs/shapes-cpu.json" if version == 1 else "configs/world2-cpu.json"
     world_line = ("shapes of named colours and sizes on a 3x3 grid over a plain background." if version == 1 else
                   "shapes of named colours and sizes on a 3x3 grid over a grained background, each offset, rotated "
                   "and jittered by detail no caption names (world version 2; held-out scene graphs never drawn).")
@@ -106,7 +118,7 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
         "",
         "## Training",
         "",
-        f"- Reproduce: `python -m editflow.train all --config configs/shapes-cpu.json --run runs/shapes` then "
+        f"- Reproduce: `python -m editflow.train all --config {config_name} --run runs/shapes` then "
         "`python -m editflow.train export --run runs/shapes --out src/editflow/assets/models/shapes`.",
         _text_line(run_dir, cfg),
         f"- VAE: {vae_log.get('step', 0)} steps, batch {cfg['vae']['batch_size']}, final loss {vae_log.get('loss', float('nan')):.4f}, "
