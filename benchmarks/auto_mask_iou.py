@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import editflow
+from editflow.models.zoo import trained_world_version
 from editflow import world
 from editflow.images import to_tensor
 from editflow.masks import auto_mask, token_mask_to_pixels
@@ -42,11 +43,13 @@ def main() -> None:
     args = ap.parse_args()
 
     model = editflow.load_model(args.model)
+    version = trained_world_version(args.model)
     grid = model.grid(64, 64)
     rows = defaultdict(lambda: defaultdict(list))
     for i in range(args.n):
         kind = world.EDIT_KINDS[i % len(world.EDIT_KINDS)]
-        ex = world.sample_edit(scene_rng(HELD_OUT_NAMESPACE, args.seed + 9, i), kind, size=64)
+        ex = world.sample_edit(scene_rng(HELD_OUT_NAMESPACE, args.seed + 9, i), kind, size=64, version=version,
+                               split="held_out" if version == 2 else None)
         x = model.encode_image(to_tensor(Image.fromarray(ex.source_image)))
         tokens = auto_mask(model, x, grid, ex.source_prompt, ex.target_prompt, torch.Generator().manual_seed(i),
                            t=args.t, draws=args.draws, threshold=args.threshold)

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 import editflow
+from editflow.models.zoo import trained_world_version
 from editflow import world
 from editflow.images import to_pil, to_tensor
 from editflow.models.base import Cond
@@ -47,7 +48,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def scenes(model, n: int, size: int, seed: int):
     images, captions = [], []
     for i in range(n):
-        scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, seed + 3, i))
+        version = trained_world_version(model.name)
+        scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, seed + 3, i), version=version,
+                                   split="held_out" if version == 2 else None)
         images.append(world.render(scene, size))
         captions.append(world.caption(scene))
     x = torch.cat([to_tensor(Image.fromarray(im)) for im in images])

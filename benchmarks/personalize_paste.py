@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 import editflow
+from editflow.models.zoo import trained_world_version
 from editflow import world
 from editflow.images import to_pil, to_tensor
 from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
@@ -76,7 +77,8 @@ def main() -> None:
     scores["token composite"] = {"right": [], "known_psnr": []}
     start = time.perf_counter()
     for i in range(args.n):
-        ex = world.sample_paste(scene_rng(HELD_OUT_NAMESPACE, args.seed + SEED_OFFSET, i))
+        ex = world.sample_paste(scene_rng(HELD_OUT_NAMESPACE, args.seed + SEED_OFFSET, i),
+                                trained_world_version(args.model))
         _, base, _ = ex.images()
         known = ~ex.object_mask()
         outputs = {name: paste(model, ex, ex.prompts[2] if kind == "named" else ex.prompts[1], tau, i)

@@ -161,10 +161,9 @@ def main() -> None:
     model = editflow.load_model(args.model)
     version = args.world_version
     if version is None:
-        from editflow.models.zoo import SHAPES_DIR
+        from editflow.models.zoo import trained_world_version
 
-        cfg = (SHAPES_DIR if args.model == "shapes" else Path(args.model)) / "train_config.json"
-        version = json.loads(cfg.read_text()).get("world_version", 1) if cfg.is_file() else 2
+        version = trained_world_version(args.model)
     start = time.perf_counter()
     report = {"model": args.model, "world_version": version, "size": args.size, "steps": args.steps,
               "device": str(model.device), "guidance_distilled": bool(getattr(model, "guidance_distilled", False))}

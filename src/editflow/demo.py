@@ -29,8 +29,15 @@ def _tile(image: Image.Image, lines: list[str]) -> Image.Image:
 
 def run_demo(model: FlowModel, seed: int = 0, kind: str = "color", methods=("flowedit", "ode_inversion"),
              size: int = 64):
-    """Edit one sampled scene with each method; return the grid, one score row per method, the example."""
-    example = world.sample_edit(np.random.default_rng([7, seed]), kind, size=size)
+    """Edit one sampled scene with each method; return the grid, one score row per method, the example.
+
+    The scene comes from the world version the model was trained on (version 2 for other models).
+    """
+    from .models.zoo import trained_world_version
+
+    version = trained_world_version(model.name)
+    example = world.sample_edit(np.random.default_rng([7, seed]), kind, size=size, version=version,
+                                split="held_out" if version == 2 else None)
     source = Image.fromarray(example.source_image)
     tiles = [_tile(source, ["source", kind + " edit"]), _tile(Image.fromarray(example.target_image), ["ground truth"])]
     rows = []

@@ -358,6 +358,21 @@ def shapes_available() -> bool:
     return (SHAPES_DIR / "model_index.json").is_file()
 
 
+def trained_world_version(name_or_path: str) -> int:
+    """The shapes-world version a shapes model was trained on: its folder's ``train_config.json``
+    says it (``world_version``, 1 when absent); 2 for any other model (edit sets default to it)."""
+    import json
+
+    folder = SHAPES_DIR if name_or_path == "shapes" else Path(str(name_or_path)).expanduser()
+    path = folder / "train_config.json"
+    if not path.is_file():
+        return 2
+    try:
+        return int(json.loads(path.read_text()).get("world_version", 1))
+    except (ValueError, OSError, AttributeError):
+        return 2
+
+
 def _source_label(e: ZooEntry) -> str:
     if e.name == "shapes" and not shapes_available():
         return "built-in (not trained yet)"

@@ -9,7 +9,7 @@ the expected result is the base scene with the object added.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,15 +43,16 @@ class PasteExample:
         return caption(self.reference), caption(self.base), caption(self.result)
 
 
-def sample_paste(rng: np.random.Generator) -> PasteExample:
+def sample_paste(rng: np.random.Generator, version: int = 1) -> PasteExample:
     """A random reference scene (1-3 objects), one of its objects, and a base scene with 1-3 other
-    objects, that cell empty, and the reference's background."""
-    reference = sample_scene(rng)
+    objects, that cell empty, and the reference's background (in version 2 its grain too; the
+    pasted object keeps its offset, rotation and scale)."""
+    reference = sample_scene(rng, version=version)
     index = int(rng.integers(len(reference.objects)))
     obj = reference.objects[index]
     while True:
-        other = sample_scene(rng)
+        other = sample_scene(rng, version=version)
         objects = tuple(o for o in other.objects if o.position != obj.position)
         if objects:
-            base = Scene(reference.background, objects, reference.texture)
-            return PasteExample(reference, index, base, Scene(base.background, (*objects, obj), base.texture).in_reading_order())
+            base = replace(reference, objects=objects)
+            return PasteExample(reference, index, base, replace(base, objects=(*objects, obj)).in_reading_order())
