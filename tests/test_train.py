@@ -113,6 +113,38 @@ def test_resume_refuses_a_different_model_but_allows_more_steps(micro_run, tmp_p
         stages.save_config(cfg, tmp_path)
 
 
+def test_a_run_saved_before_new_config_keys_still_resumes(tmp_path):
+    """The shipped shapes model's config predates world_version, vae.edge_weight and distill: resuming
+    its run with the same configuration file must not be refused."""
+    from editflow.models.zoo import SHAPES_DIR
+
+    (tmp_path / "config.json").write_text((SHAPES_DIR / "train_config.json").read_text())
+    stages.save_config(TrainConfig.load("configs/shapes-cpu.json"), tmp_path)
+    cfg = TrainConfig.load("configs/shapes-cpu.json")
+    cfg.world_version = 2
+    with pytest.raises(ValueError, match="another config"):
+        stages.save_config(cfg, tmp_path)
+
+
+def test_distillation_needs_an_unconditional_teacher_and_export_needs_it_finished(micro_run, tmp_path):
+    import shutil
+
+    cfg = TrainConfig.load(micro_run / "micro.json")
+    cfg.flow.caption_dropout = 0.0
+    with pytest.raises(ValueError, match="caption_dropout > 0"):
+        stages.stage_distill(cfg, tmp_path, progress=False)
+    run = tmp_path / "run"
+    shutil.copytree(micro_run / "run", run)
+    config = json.loads((run / "config.json").read_text())
+    config["distill"]["steps"] = 10  # the student stopped at 3 of 10
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="stopped at step 3 of 10"):
+        stages.export(run, tmp_path / "out")
+    config["distill"]["steps"] = 0  # no distillation: the teacher is exported
+    (run / "config.json").write_text(json.dumps(config))
+    assert stages.final_transformer_dir(run) == run / "transformer"
+
+
 def test_bad_config_files_fail_with_one_line(tmp_path):
     (tmp_path / "bad.json").write_text('{"vae": {"stepz": 3}}')
     with pytest.raises(EditflowError, match="unknown key 'stepz'"):

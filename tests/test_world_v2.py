@@ -77,7 +77,12 @@ def test_edits_keep_every_uncaptioned_detail_they_do_not_name(kind):
 
 
 def test_held_out_graphs_never_occur_in_training_batches():
+    from editflow.train.data import caption_corpus, training_split
+    from editflow.train.text import caption_batch
+
     captions = [c for step in range(30) for c in world_batch(0, step, 32, 32, version=2)[1]]
+    captions += caption_corpus(500, 0, version=2)  # the tokenizer's corpus
+    captions += [c for step in range(10) for c in caption_batch(0, step, 32, 1, 3, 2, training_split(2))]  # T5's
     assert all(split_of(world.parse_caption(c)) == "train" for c in captions)
     rng = np.random.default_rng(4)
     everything = [split_of(world.sample_scene(rng, version=2)) for _ in range(4000)]

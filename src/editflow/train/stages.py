@@ -44,7 +44,7 @@ from .text import pretrain_t5
 def stage_text(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
     if (run_dir / "text_encoder_2" / "config.json").is_file():
         return
-    corpus = caption_corpus(cfg.text.tokenizer_corpus, cfg.seed)
+    corpus = caption_corpus(cfg.text.tokenizer_corpus, cfg.seed, cfg.world_version)
     clip_tok = make_clip_tokenizer()
     t5_tok = make_t5_tokenizer(corpus, vocab_size=cfg.text.t5_vocab_size, model_max_length=cfg.text.max_sequence_length)
     longest = max(len(t5_tok(c).input_ids) for c in corpus)
@@ -59,7 +59,7 @@ def stage_text(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> None:
         accuracy = pretrain_t5(t5, t5_tok, seed=cfg.seed, steps=tc.pretrain_steps, batch_size=tc.pretrain_batch_size,
                                lr=tc.pretrain_lr, max_length=tc.max_sequence_length, min_objects=cfg.min_objects,
                                max_objects=cfg.max_objects, stage_dir=run_dir / "text_encoder_2.train",
-                               progress=progress, device=loop.resolve_device(cfg.device))
+                               progress=progress, device=loop.resolve_device(cfg.device), version=cfg.world_version)
         (run_dir / "text_pretrain.json").write_text(json.dumps({"held_out_token_accuracy": accuracy}, indent=1))
         shutil.rmtree(run_dir / "text_encoder_2.train")
     # the finished encoder folder is written last: its config.json marks the stage as done
@@ -163,9 +163,19 @@ def build_transformer(cfg: TrainConfig, guidance_embeds: bool = False):
 
 
 def final_transformer_dir(run_dir: Path) -> Path:
-    """The transformer to export: the distilled student when its stage has begun, else the flow stage's."""
-    student = run_dir / "student"
-    return student if (student / "config.json").is_file() else run_dir / "transformer"
+    """The transformer to export: the distilled student when the run's config distils (``distill.steps
+    > 0``) and the stage has finished, the flow stage's when it does not; an unfinished distillation
+    is an error (finish it, or set ``distill.steps`` to 0 to export the teacher)."""
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    steps = int(config.get("distill", {}).get("steps", 0))
+    if steps <= 0:
+        return run_dir / "transformer"
+    state = run_dir / "student" / "state.pt"
+    done = int(torch.load(state, map_location="cpu", weights_only=True)["step"]) if state.is_file() else 0
+    if done < steps:
+        raise ValueError(f"{run_dir}: distillation stopped at step {done} of {steps}: run the distill stage to the end "
+                         "(it resumes), or set distill.steps to 0 to export the undistilled teacher")
+    return run_dir / "student"
 
 
 def assemble(run_dir: Path, transformer=None):
@@ -277,6 +287,9 @@ def stage_distill(cfg: TrainConfig, run_dir: Path, progress: bool = True) -> Non
     d = cfg.distill
     if d.steps <= 0:
         return
+    if cfg.flow.caption_dropout <= 0:
+        raise ValueError("distillation needs a teacher with an unconditional branch: train the flow stage with "
+                         "flow.caption_dropout > 0 (e.g. 0.1), or set distill.steps to 0")
     device = loop.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed + 2)
     teacher = FluxTransformer2DModel.from_pretrained(run_dir / "transformer").to(device).eval().requires_grad_(False)
@@ -317,7 +330,11 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, qua
 
 
 def _identity(config: dict) -> dict:
-    """What a run may not change when it resumes: all but the device and the step counts."""
+    """What a run may not change when it resumes: all but the device and the step counts (keys a
+    run saved before they existed take their defaults)."""
+    from .config import _build
+
+    config = _build(TrainConfig, config, "the run's config.json").to_dict()
     out = {k: v for k, v in config.items() if k != "device"}
     for stage in ("vae", "flow", "distill"):
         out[stage] = {k: v for k, v in out.get(stage, {}).items() if k != "steps"}

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import world
 from . import loop
-from .data import scene_rng
+from .data import scene_rng, training_split
 
 TEXT_NAMESPACE = 3  # caption batches for this stage; flow batches draw from data.TRAIN_NAMESPACE
 IGNORE = -100
@@ -63,10 +63,12 @@ def token_labels(tokenizer, captions: list[str], max_length: int) -> tuple[torch
     return torch.from_numpy(enc["input_ids"]), {a: torch.from_numpy(v) for a, v in labels.items()}
 
 
-def caption_batch(seed: int, step: int, batch_size: int, min_objects: int, max_objects: int) -> list[str]:
-    """Paraphrased captions of random scenes; a pure function of ``(seed, step)``."""
+def caption_batch(seed: int, step: int, batch_size: int, min_objects: int, max_objects: int, version: int = 1,
+                  split: str | None = None) -> list[str]:
+    """Paraphrased captions of random scenes of ``split``; a pure function of ``(seed, step)``."""
     rng = scene_rng(TEXT_NAMESPACE, seed, step)
-    return [world.caption(world.sample_scene(rng, min_objects, max_objects), rng) for _ in range(batch_size)]
+    return [world.caption(world.sample_scene(rng, min_objects, max_objects, version=version, split=split), rng)
+            for _ in range(batch_size)]
 
 
 class ParsingHeads(nn.Module):
@@ -89,7 +91,7 @@ class ParsingHeads(nn.Module):
 
 def pretrain_t5(t5, tokenizer, *, seed: int, steps: int, batch_size: int, lr: float, max_length: int,
                 min_objects: int, max_objects: int, stage_dir: Path, progress: bool = True,
-                device: torch.device | str = "cpu") -> dict[str, float]:
+                device: torch.device | str = "cpu", version: int = 1) -> dict[str, float]:
     """Fit ``t5`` (a ``T5EncoderModel``) by the parsing objective; returns held-out token accuracies.
 
     The heads live only for this call, so the stage checkpoints once, at the end (a few minutes of
@@ -106,12 +108,14 @@ def pretrain_t5(t5, tokenizer, *, seed: int, steps: int, batch_size: int, lr: fl
         return hidden, {a: y.to(device) for a, y in labels.items()}
 
     def loss_at(step: int) -> torch.Tensor:
-        hidden, labels = encode(caption_batch(seed, step, batch_size, min_objects, max_objects))
+        hidden, labels = encode(caption_batch(seed, step, batch_size, min_objects, max_objects, version,
+                                              training_split(version)))
         return sum(heads.losses(hidden, labels).values())
 
     params = list(t5.parameters()) + list(heads.parameters())
     loop.run("text", t5, params, loss_at, steps, lr, max(1, steps // 10), stage_dir, checkpoint_every=steps,
              progress=progress)
     t5.eval()
-    with torch.no_grad():  # held out: a step index the loop never reaches
-        return heads.accuracy(*encode(caption_batch(seed, 10**9, 512, min_objects, max_objects)))
+    with torch.no_grad():  # held out: a step index the loop never reaches (version 2: the held-out graphs)
+        return heads.accuracy(*encode(caption_batch(seed, 10**9, 512, min_objects, max_objects, version,
+                                                    "held_out" if version == 2 else None)))
