@@ -183,7 +183,13 @@ def main() -> None:
         print(table(report["editing"]))
     if args.compare:
         old = json.loads(Path(args.compare).read_text())
-        for new_row, old_row in zip(report.get("text_to_image", []), old.get("text_to_image", [])):
+        rows = old.get("text_to_image", [])
+        by_guidance = {r.get("guidance"): r for r in ([rows] if isinstance(rows, dict) else rows)}  # v1 files: one dict
+        for new_row in report.get("text_to_image", []):
+            old_row = by_guidance.get(new_row["guidance"])
+            if old_row is None:
+                print(f"t2i guidance {new_row['guidance']}: not in {args.compare}")
+                continue
             for key in ("color", "shape", "position"):
                 print(f"t2i guidance {new_row['guidance']} {key}: {old_row[key]:.3f} -> {new_row[key]:.3f}")
     if args.out:

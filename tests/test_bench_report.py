@@ -94,3 +94,8 @@ def test_paired_differences_pick_the_best_method_and_test_against_baselines():
     assert by["regeneration (baseline)"][0] == pytest.approx(-49.0, abs=0.2)
     assert paired(rows, "lpips_bg")[0] == "a"  # lower is better for LPIPS
     assert paired(rows, "clip_t") is None
+    few = [r for r in rows if int(r["item"]) < 3]
+    _, diffs = paired(few, "psnr_bg")
+    mean, half, n = next(d[1:] for d in diffs if d[0] == "b")
+    assert n == 3 and half == pytest.approx(4.303 * np.std([few[i]["metrics"]["psnr_bg"] - few[i + 3]["metrics"]["psnr_bg"]
+                                                            for i in range(3)], ddof=1) / np.sqrt(3))

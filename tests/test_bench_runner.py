@@ -125,6 +125,24 @@ def test_baselines_are_scored_beside_the_methods(edit_set, tmp_path):
     assert parse_baselines("none") == () and parse_baselines(None) == ("identity", "regeneration", "vae_ceiling")
     with pytest.raises(EditflowError, match="unknown baseline 'oracle'"):
         parse_baselines("identity,oracle")
+    with pytest.raises(EditflowError, match="unknown baseline 'oracle'"):  # refused before the model loads
+        run(str(edit_set), ["flowedit"], "no/such-model", str(tmp_path / "x"), baselines=("oracle",))
+
+
+def test_regeneration_never_sees_the_source(tiny):
+    """Two different sources of one size, the same prompt and seed: the same image."""
+    import numpy as np
+    from PIL import Image
+
+    from editflow.bench.baselines import run_baseline
+
+    a = Image.new("RGB", (64, 64), (200, 30, 30))
+    b = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    out_a, nfe, _ = run_baseline("regeneration", tiny, a, "a blue square", 3)
+    out_b, _, _ = run_baseline("regeneration", tiny, b, "a blue square", 3)
+    assert nfe.calls == 28 and np.array_equal(np.asarray(out_a), np.asarray(out_b))
+    out_c, _, _ = run_baseline("regeneration", tiny, a, "a blue square", 4)
+    assert not np.array_equal(np.asarray(out_a), np.asarray(out_c))  # the seed does matter
 
 
 def test_set_parsing():

@@ -310,6 +310,25 @@ def test_cli_world_edits(tmp_path):
     assert runner.invoke(app, [*args, "-q"]).exit_code == 0 and (out / "edits.jsonl").read_bytes() == first
 
 
+def test_world_version_1_is_bit_identical_to_the_shapes_models_training_world():
+    """The digest of 35 edits (every kind, textures, paraphrases) and one training batch, computed
+    with the code the shapes model was trained with (commit 42d16d3): version 1 must not drift."""
+    import hashlib
+
+    from editflow.train.data import world_batch
+
+    h = hashlib.sha256()
+    for i in range(35):
+        ex = sample_edit(np.random.default_rng([11, i]), EDIT_KINDS[i % 7], textures=bool(i % 2), paraphrase=bool(i % 3))
+        for part in (ex.source_image, ex.target_image, ex.mask):
+            h.update(part.tobytes())
+        h.update((ex.source_prompt + "|" + ex.target_prompt).encode())
+    x, captions = world_batch(0, 5, 8, 32)
+    h.update(x.numpy().tobytes())
+    h.update("|".join(captions).encode())
+    assert h.hexdigest() == "de91d7d41d7484c60d88d579da6aeb3bbdccd4d6f16203e9075f12bacee7f4e7"
+
+
 def test_cli_world_version_1_still_writes_the_shapes_models_world(tmp_path):
     out = tmp_path / "v1"
     r = runner.invoke(app, ["world", "edits", "--n", "3", "--seed", "5", "--world-version", "1", "--split", "any",

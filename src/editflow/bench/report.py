@@ -18,8 +18,9 @@ regeneration, vae_ceiling) are labelled ``name (baseline)`` and listed after the
 
 Claims of "best" rest on paired differences: ``summary.md`` ends with, per headline metric, the
 best method's mean difference to every other row over the items both scored (mean and 95%
-half-width of the per-item differences, ``1.96 s_d / sqrt(n)``), marked significant when that
-interval excludes zero.
+half-width of the per-item differences, ``t_{0.975, n-1} s_d / sqrt(n)``), marked significant when
+that interval excludes zero and ``n >= MIN_PAIRED``. The best method is picked on the same data it
+is then compared on, which favours it slightly; the table says so.
 """
 
 from __future__ import annotations
@@ -123,6 +124,30 @@ def markdown(names: list[str], table: dict, title: str) -> str:
     return "\n".join(out)
 
 
+MIN_PAIRED = 5
+# Student's t 0.975 quantile by degrees of freedom (1..30, then 40, 60, 120; the normal beyond).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table; 1.96 above 120)."""
+    if df < 1:
+        return math.nan
+    if df <= 30:
+        return _T975[df - 1]
+    return 2.021 if df <= 40 else 2.000 if df <= 60 else 1.980 if df <= 120 else 1.960
+
+
+def paired_ci(diffs: list[float]) -> tuple[float, float, int]:
+    """Mean and 95% half-width (Student's t) of per-item differences, over the finite ones."""
+    x = np.array([v for v in diffs if math.isfinite(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    half = t975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
+    return float(x.mean()), float(half), len(x)
+
+
 def paired(rows: list[dict], metric: str) -> tuple[str, list[tuple[str, float, float, int]]] | None:
     """The best non-baseline row on ``metric`` (by mean, in the direction :data:`HEADLINE` gives)
     and, for every other row, ``(label, mean(best - other), 95% half-width, n)`` over the items
@@ -142,13 +167,15 @@ def paired(rows: list[dict], metric: str) -> tuple[str, list[tuple[str, float, f
         if other == best:
             continue
         common = sorted(set(values[best]) & set(values[other]))
-        mean, half, n = mean_ci([values[best][i] - values[other][i] for i in common])
+        mean, half, n = paired_ci([values[best][i] - values[other][i] for i in common])
         out.append((other, mean, half, n))
     return best, out
 
 
 def paired_markdown(rows: list[dict], names: list[str]) -> str:
-    out = ["## Paired differences (best method minus each row, same items)", ""]
+    out = ["## Paired differences (best method minus each row, same items)", "",
+           f"95% intervals from Student's t over the per-item differences; significant = the interval excludes 0 "
+           f"with at least {MIN_PAIRED} items. The best method was picked on these same items.", ""]
     for metric in (m for m in HEADLINE if m in names):
         result = paired(rows, metric)
         if result is None:
@@ -158,7 +185,7 @@ def paired_markdown(rows: list[dict], names: list[str]) -> str:
         out += [f"**{metric}** ({better} is better): best method `{best}`", "",
                 "| row | best minus row | 95% CI | n | significant |", "| --- | --- | --- | --- | --- |"]
         for label, mean, half, n in diffs:
-            sig = "yes" if n > 1 and math.isfinite(half) and abs(mean) > half else "no"
+            sig = "yes" if n >= MIN_PAIRED and math.isfinite(half) and abs(mean) > half else "no"
             out.append(f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {sig} |")
         out.append("")
     return "\n".join(out)

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import EditflowError
 from ..limits import SEED_MAX, Limits
-from .baselines import BASELINES, applies, baseline_params, run_baseline
+from .baselines import BASELINES, applies, baseline_params, parse_baselines, run_baseline
 from .datasets import EditRecord, image_stem, load_dataset, one_line
 
 PIXEL_METRICS = ("psnr", "ssim", "mse")
@@ -239,7 +239,8 @@ def model_metrics(names: list[str], paths: dict[str, str], device=None) -> list[
 
 def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | None = None,
             metrics: list[str] | None = None, seed: int = 0, limit: int | None = None,
-            limits: Limits | None = None) -> tuple[list[EditRecord], list[str], dict[str, dict[str, Any]]]:
+            limits: Limits | None = None, baselines: tuple[str, ...] = BASELINES
+            ) -> tuple[list[EditRecord], list[str], dict[str, dict[str, Any]]]:
     """What :func:`run` checks before it writes anything or loads a model: the methods (listed
     once each), ``--set`` values (against the model's family when the zoo or the folder tells it),
     metric names, ``limit`` (>= 1), the whole dataset, its images' headers and prompts against
@@ -253,6 +254,7 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise EditflowError("--methods names no method: pass e.g. --methods flowedit")
+    parse_baselines(",".join(baselines) or "none")  # the same check and message as --baselines
     for m in methods:
         get_method(m)
     overrides = parse_sets(sets or [], methods)
@@ -329,7 +331,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
 
     rank, world_size = process_rank()
     limits = limits or Limits.from_env()
-    items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits)
+    items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines)
     root = Path(out)
     with writing(root, "pass another --out"):
         root.mkdir(parents=True, exist_ok=True)
@@ -358,7 +360,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
             if m in baselines:
                 truth = load_image(rec.target_image, limits) if m == "vae_ceiling" else None
                 image, nfe, seconds = run_baseline(m, model, source, rec.target_prompt, seed + i, truth, limits)
-                peak = 0
+                peak = None  # not measured for baselines
             else:
                 result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
                               mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ModelNotAvailableError
+from ..errors import EditflowError, ModelNotAvailableError
 from .flux import FluxAdapter
 from .sd3 import SD3Adapter
 from .unet import RectifiedUNetAdapter
@@ -369,8 +369,9 @@ def trained_world_version(name_or_path: str) -> int:
         return 2
     try:
         return int(json.loads(path.read_text()).get("world_version", 1))
-    except (ValueError, OSError, AttributeError):
-        return 2
+    except (ValueError, OSError, AttributeError, TypeError):
+        raise EditflowError(f"{path} is not a readable training config (JSON with an integer world_version): "
+                            "restore it from the model's folder") from None
 
 
 def _source_label(e: ZooEntry) -> str:

@@ -91,11 +91,12 @@ def _load_or_build(cls, folder: Path, build):
 
 
 def edge_map(x: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, H, W]`` in [0, 1]: 1 within one pixel of a colour step of ``x`` (``[B, 3, H, W]`` in [-1, 1]).
+    """``[B, 1, H, W]`` in [0, 1]: how sharp a colour step of ``x`` (``[B, 3, H, W]`` in [-1, 1]) is nearby.
 
-    The largest absolute difference to a 4-neighbour, summed over channels, scaled so that a step
-    of 0.25 (about 30 of 255) saturates, then grown by a 3x3 max-pool. Object outlines qualify;
-    the grain (at most 16 of 255 over a third of the image) and flat regions do not.
+    The largest absolute difference to a 4-neighbour, summed over channels (the pixels on both
+    sides of a step get it), scaled so that a step of 0.25 (about 30 of 255 summed) saturates,
+    then grown by a 3x3 max-pool: object outlines give a band about 4 pixels wide at 1. Flat
+    regions give 0; the grain's gentle slope (a few units of 255 per pixel) gives about 0.2 at most.
     """
     dy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(1, keepdim=True)
     dx = (x[..., 1:] - x[..., :-1]).abs().sum(1, keepdim=True)

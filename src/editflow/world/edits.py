@@ -105,12 +105,12 @@ def make_edit(scene: Scene, kind: str, rng: np.random.Generator) -> Edit:
         objects[index] = replace(old, position=free[int(rng.integers(len(free)))])
     else:  # kind names the attribute
         options = {"color": COLORS, "shape": SHAPES, "size": SIZES}[kind]
-        new = replace(old, **{kind: _other(rng, options, getattr(old, kind))}) if kind != "size" else None
-        if kind == "size":
-            size = _other(rng, options, old.size)
-            ratio = offset_bound(size, old.scale) / offset_bound(old.size, old.scale)
-            new = replace(old, size=size, dx=old.dx * ratio, dy=old.dy * ratio)
-        objects[index] = new
+        value = _other(rng, options, getattr(old, kind))
+        if kind == "size":  # the offset scales with the bound, so the object stays in its cell
+            ratio = offset_bound(value, old.scale) / offset_bound(old.size, old.scale)
+            objects[index] = replace(old, size=value, dx=old.dx * ratio, dy=old.dy * ratio)
+        else:
+            objects[index] = replace(old, **{kind: value})
     return Edit(kind, scene, replace(scene, objects=tuple(objects)), index)
 
 

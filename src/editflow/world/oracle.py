@@ -60,7 +60,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .edits import EditExample
-from .render import POLYGONS_V2, SUPERSAMPLE, background_mask, cell_box, object_coverage
+from .render import POLYGONS_V2, SUPERSAMPLE, cell_box, object_coverage
 from .scene import BACKGROUNDS, COLORS, EXTENT_V2, GRID, POSITIONS, SHAPES, SIZES, Obj, Scene, WorldError
 
 _PALETTE_NAMES = tuple(COLORS)
@@ -303,7 +303,7 @@ def read_object(image, position: str, size_word: str | None = None, version: int
     fg = np.linalg.norm(crop - bg, axis=-1) > FOREGROUND_DISTANCE
     if version == 2:
         r = min(EXTENT_V2[z] for z in sizes) / 2 * (y1 - y0)
-        smallest = min(float(np.pi * r * r) * 0.35, 4 * r * r)  # the thinnest outline (a star) covers ~35% of its disk
+        smallest = float(np.pi * r * r) * 0.35  # the thinnest outline (a star) covers ~35% of its disk
     else:
         smallest = min(float((_template(s, z, position, img.shape[0]) >= 0.5).sum()) for s in SHAPES for z in sizes)
     if _open2x2(fg).sum() < max(1, MIN_PRESENT_FRACTION * smallest):  # the opening drops scattered noise
@@ -363,8 +363,11 @@ def _check_object(image, obj: Obj, version: int = 1) -> dict:
 def grain_corr(edited, truth, scene: Scene) -> float:
     """Pearson correlation of the brightness of ``edited`` and ``truth`` over ``scene``'s background
     at least one pixel from every object (nan when that region is constant in either image)."""
-    where = background_mask(scene, np.asarray(truth).shape[0])
-    where = _erode(_erode(where))  # drop anti-aliased rims and the pixel next to them
+    size = np.asarray(truth).shape[0]
+    touched = np.zeros((size, size), dtype=bool)
+    for obj in scene.objects:
+        touched |= object_coverage(obj, size, scene.version) > 0
+    where = _erode(~touched)  # no subpixel of any object, and not next to one
     a = np.asarray(edited, dtype=np.float64).mean(-1)[where]
     b = np.asarray(truth, dtype=np.float64).mean(-1)[where]
     a, b = a - a.mean(), b - b.mean()

@@ -174,7 +174,7 @@ def _grain_canvas(background: str, grain: int, size: int) -> Image.Image:
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """``[size, size, 3]`` uint8 image of ``scene`` (deterministic, 4x4 box-filtered supersampling)."""
     if scene.version == 2:
-        canvas = _grain_canvas(scene.background, scene.grain or 0, size).copy()
+        canvas = _grain_canvas(scene.background, scene.grain, size).copy()
     else:
         canvas = _background(scene.background, scene.texture, size).copy()
     draw = ImageDraw.Draw(canvas)

@@ -182,6 +182,8 @@ class Scene:
                              "scale or grain")
         if self.version == 2 and self.texture is not None:
             raise WorldError("a version-2 scene has no captioned texture (its grain is its texture)")
+        if self.version == 2 and self.grain is None:
+            raise WorldError("a version-2 scene needs a grain seed (an integer in [0, 2**32))")
         if self.grain is not None and not (isinstance(self.grain, int) and 0 <= self.grain < 2**32):
             raise WorldError(f"grain must be an integer seed in [0, 2**32), got {self.grain!r}")
 
