@@ -73,7 +73,7 @@ GRID = 3
 MAX_OBJECTS = GRID * GRID
 
 VERSIONS = (1, 2)
-EXTENT_V2 = {"large": 0.72, "small": 0.44}  # diameter of an object's bounding disk, in cells (scale 1)
+EXTENT_V2 = {"large": 0.72, "small": 0.52}  # diameter of an object's bounding disk, in cells (scale 1)
 MARGIN_V2 = 0.05  # least background between an object's disk and its cell's edge, in cells
 SCALE_RANGE = (0.92, 1.08)  # size jitter (uniform)
 SPLITS = ("train", "held_out")
