@@ -167,7 +167,7 @@ def test_a_bad_dataset_is_refused_in_one_line_before_anything_loads(tmp_path, no
     path = make(tmp_path, content)
     message = _refused(lambda: load_dataset(path), *names)
     out = tmp_path / "out"
-    assert _refused(lambda: run(str(path), ["flowedit"], "tiny-flux", str(out), progress=False)) == message
+    assert _refused(lambda: run(str(path), ["flowedit"], "tiny-flux", str(out), progress=False, baselines=())) == message
     assert not out.exists()  # nothing written
 
 
@@ -189,7 +189,7 @@ def _two_cats(tmp_path):
 def test_one_image_name_in_two_folders_gives_two_ids_and_two_image_files(tmp_path):
     path = _two_cats(tmp_path)
     assert [r.id for r in read_flowedit(path)] == ["cats/cat/0", "dogs/cat/0"]
-    run(str(path), ["flowedit"], "tiny-flux", str(tmp_path / "out"), FAST, device="cpu", progress=False)
+    run(str(path), ["flowedit"], "tiny-flux", str(tmp_path / "out"), FAST, device="cpu", progress=False, baselines=())
     rows = read_records(tmp_path / "out")
     assert sorted(r["item"] for r in rows) == ["cats/cat/0", "dogs/cat/0"]
     images = {r["image"] for r in rows}
@@ -221,7 +221,7 @@ def test_runner_arguments_are_checked_before_anything_is_written(tmp_path, no_mo
 def test_an_unreadable_image_is_refused_before_the_model_loads(tmp_path, no_model):
     data = shapes(tmp_path, [_row()])
     (tmp_path / "data" / "source" / "00000.png").write_bytes(b"not a png at all")
-    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(tmp_path / "out"), progress=False),
+    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(tmp_path / "out"), progress=False, baselines=()),
              "item '00000'", "source/00000.png", "not an image")
     assert not (tmp_path / "out").exists()
 
@@ -230,7 +230,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, no_model):
     data = shapes(tmp_path, [_row()])
     (tmp_path / "a-file").write_text("in the way")
     out = tmp_path / "a-file" / "out"
-    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), progress=False),
+    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), progress=False, baselines=()),
              "cannot write", str(out), "pass another --out")
 
 
@@ -261,7 +261,7 @@ def held_lock(tmp_path):
 def test_a_second_run_on_the_same_folder_is_refused_until_the_first_ends(tmp_path, monkeypatch, no_model, held_lock):
     out, holder = held_lock
     data = shapes(tmp_path, [_row()])
-    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False),
+    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=()),
              f"another editflow bench run (pid {holder.pid})", str(out), "rank 0", "pass another --out")
     assert sorted(p.name for p in out.iterdir()) == [".lock.r0"]  # no record, no image
     assert (out / ".lock.r0").read_text() == str(holder.pid)  # the holder's pid left alone
@@ -269,7 +269,7 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_ends(tmp_pat
     holder.kill()  # the killed holder leaves its lock file behind: it must not block
     holder.wait()
     monkeypatch.undo()  # models may load again
-    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False)
+    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=())
     assert [r["item"] for r in read_records(out)] == ["00000"]
 
 
@@ -278,7 +278,7 @@ def test_another_rank_runs_beside_a_held_lock(tmp_path, monkeypatch, held_lock):
     data = shapes(tmp_path, [_row("00000"), _row("00001")])
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False)
+    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=())
     assert [(r["item"], r["rank"]) for r in read_records(out)] == [("00001", 1)]
 
 
@@ -297,12 +297,12 @@ def test_a_full_disk_while_saving_an_image_is_one_line_and_leaves_no_temporary_f
         _no_space()
 
     monkeypatch.setattr(Image.Image, "save", half_written)
-    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False),
+    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=()),
              str(out / "images"), "disk is full", "re-run", "resumes")
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.png"))
     assert read_records(out) == []
     monkeypatch.undo()
-    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False)  # space freed: resumes
+    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=())  # space freed: resumes
     assert len(read_records(out)) == 1
 
 
@@ -315,11 +315,11 @@ def test_a_full_disk_while_appending_a_record_is_one_line(tmp_path, monkeypatch)
         return _no_space() if "a" in mode else real_open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(runner, "open", open_but_full, raising=False)
-    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False),
+    _refused(lambda: run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=()),
              str(out / "results.r0.jsonl"), "disk is full", "resumes")
     assert read_records(out) == []
     monkeypatch.undo()
-    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False)
+    run(str(data), ["flowedit"], "tiny-flux", str(out), FAST, device="cpu", progress=False, baselines=())
     assert len(read_records(out)) == 1
 
 

@@ -460,7 +460,12 @@ def test_bench_run_takes_item_count_and_work_limits_through_limit(tmp_path):
     one_line_error(runner.invoke(app, [*base, "--limit", "1", "--limit", "2"]), "give one item count")
     one_line_error(runner.invoke(app, [*base, "--limit", "some"]), "--limit expects a number of items N or NAME=VALUE")
     assert not out.exists()  # refused before the output folder was made
-    r = runner.invoke(app, [*base, "--limit", "1", "--limit", "max_steps=4", "--set", "steps=4"])
+    # the regeneration baseline's 28 steps are checked with the rest, before anything is written
+    msg = one_line_error(runner.invoke(app, [*base, "--limit", "max_steps=4", "--set", "steps=4"]),
+                         "regeneration baseline's 28 steps")
+    assert "--baselines identity,vae_ceiling" in msg
+    assert not out.exists()
+    r = runner.invoke(app, [*base, "--limit", "1", "--limit", "max_steps=4", "--set", "steps=4", "--baselines", "none"])
     assert r.exit_code == 0, r.output
     assert len((out / "results.r0.jsonl").read_text().splitlines()) == 1
 

@@ -50,6 +50,14 @@ def baseline_params(name: str) -> dict:
     return {"steps": REGENERATION_STEPS} if name == "regeneration" else {}
 
 
+def check_baselines(names: tuple[str, ...], limits: Limits) -> None:
+    """Regeneration's steps against ``limits`` (before any model loads): one line that names the
+    baseline and how to leave it out."""
+    if "regeneration" in names and REGENERATION_STEPS > limits.max_steps:
+        raise limits.refuse("max_steps", f"the regeneration baseline's {REGENERATION_STEPS} steps", REGENERATION_STEPS,
+                            "leave it out with --baselines identity,vae_ceiling")
+
+
 def applies(name: str, target_image) -> bool:
     """Whether baseline ``name`` can run on an item (the ceiling needs a ground truth)."""
     return name != "vae_ceiling" or target_image is not None

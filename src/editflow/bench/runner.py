@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import EditflowError
 from ..limits import SEED_MAX, Limits
-from .baselines import BASELINES, applies, baseline_params, parse_baselines, run_baseline
+from .baselines import BASELINES, applies, baseline_params, check_baselines, parse_baselines, run_baseline
 from .datasets import EditRecord, image_stem, load_dataset, one_line
 
 PIXEL_METRICS = ("psnr", "ssim", "mse")
@@ -267,6 +267,7 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
         raise EditflowError(f"--seed {seed!r}: item i is edited with seed + i, so for these {len(items)} items "
                             f"--seed must be a whole number from 0 to {SEED_MAX - last}")
     limits = limits or Limits.from_env()
+    check_baselines(tuple(baselines), limits)
     _check_images(items, limits)
     try:
         family = model_family(model_name)
