@@ -267,7 +267,8 @@ def test_edit_in_a_real_browser(browser_app, tmp_path):
     wait.until(lambda d: "reused" in d.find_element(By.CSS_SELECTOR, "#info").text)
     second = _seconds(driver)
     print(f"ode_inversion in the browser: first edit {first:.2f} s, re-edit with the cached inversion {second:.2f} s")
-    assert second < 0.8 * first
+    calls = [int(n) for n in re.findall(r"(\d+) model calls", driver.find_element(By.CSS_SELECTOR, "#info").text)]
+    assert calls == [28]  # ODE inversion's 56 calls halved: only the editing ran (counted; timings swing on a shared CPU)
     assert len(driver.find_elements(By.CSS_SELECTOR, "#history img")) >= 3  # the session's history
 
     # a larger image is edited at the model's working size, and the page says so
