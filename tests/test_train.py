@@ -131,6 +131,9 @@ def test_distillation_needs_an_unconditional_teacher_and_export_needs_it_finishe
 
     cfg = TrainConfig.load(micro_run / "micro.json")
     cfg.flow.caption_dropout = 0.0
+    with pytest.raises(ValueError, match="caption_dropout"):  # refused when the run starts, before hours of training
+        stages.save_config(cfg, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
     with pytest.raises(ValueError, match="caption_dropout > 0"):
         stages.stage_distill(cfg, tmp_path, progress=False)
     run = tmp_path / "run"

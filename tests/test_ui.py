@@ -259,6 +259,7 @@ def test_edit_in_a_real_browser(browser_app, tmp_path):
     wait.until(lambda d: "ode_inversion" in d.find_element(By.CSS_SELECTOR, "#info").text)
     first = _seconds(driver)
     assert "inversion computed and cached" in driver.find_element(By.CSS_SELECTOR, "#info").text
+    assert re.findall(r"(\d+) model calls", driver.find_element(By.CSS_SELECTOR, "#info").text) == ["56"]
     field = driver.find_element(By.CSS_SELECTOR, "#target-prompt textarea")
     field.send_keys(Keys.CONTROL, "a")
     field.send_keys(target.replace(" on a ", " and nothing else, on a ", 1))

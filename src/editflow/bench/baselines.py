@@ -53,9 +53,12 @@ def baseline_params(name: str) -> dict:
 def check_baselines(names: tuple[str, ...], limits: Limits) -> None:
     """Regeneration's steps against ``limits`` (before any model loads): one line that names the
     baseline and how to leave it out."""
-    if "regeneration" in names and REGENERATION_STEPS > limits.max_steps:
-        raise limits.refuse("max_steps", f"the regeneration baseline's {REGENERATION_STEPS} steps", REGENERATION_STEPS,
-                            "leave it out with --baselines identity,vae_ceiling")
+    if "regeneration" not in names:
+        return
+    for name, what in (("max_steps", "steps"), ("max_nfe", "model calls")):  # one call per Euler step
+        if REGENERATION_STEPS > getattr(limits, name):
+            raise limits.refuse(name, f"the regeneration baseline's {REGENERATION_STEPS} {what}", REGENERATION_STEPS,
+                                "leave it out with --baselines identity,vae_ceiling")
 
 
 def applies(name: str, target_image) -> bool:

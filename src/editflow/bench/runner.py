@@ -243,7 +243,8 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
             ) -> tuple[list[EditRecord], list[str], dict[str, dict[str, Any]]]:
     """What :func:`run` checks before it writes anything or loads a model: the methods (listed
     once each), ``--set`` values (against the model's family when the zoo or the folder tells it),
-    metric names, ``limit`` (>= 1), the whole dataset, its images' headers and prompts against
+    metric names, the baselines (names, and regeneration's steps against ``limits``), ``limit`` (>= 1),
+    the whole dataset, its images' headers and prompts against
     ``limits`` (and the methods' steps and NFE, when the family is known), and that every item's
     seed ``seed + i`` lies in ``[0, 2**64 - 1]``. Returns (items, methods, overrides per method)."""
     import numbers
@@ -332,6 +333,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
 
     rank, world_size = process_rank()
     limits = limits or Limits.from_env()
+    baselines = parse_baselines(baselines if isinstance(baselines, str) else ",".join(baselines) or "none")
     items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines)
     root = Path(out)
     with writing(root, "pass another --out"):

@@ -93,7 +93,9 @@ def quality_table(quality: dict) -> list[str]:
     return lines + ["", f"Sampling: {settings}. Raw output:", "", "```json", json.dumps(quality, indent=1), "```"]
 
 
-def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, device: str | None = None) -> Path:
+def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, device: str | None = None,
+                     distilled: bool = False) -> Path:
+    """Write ``out_dir/MODEL.md``; ``distilled``: the exported transformer is the distillation's student."""
     cfg = json.loads((run_dir / "config.json").read_text())
     vae_log, flow_log, distill_log = _last_log(run_dir, "vae"), _last_log(run_dir, "flow"), _last_log(run_dir, "distill")
     version = cfg.get("world_version", 1)
@@ -102,7 +104,7 @@ def write_model_card(run_dir: Path, out_dir: Path, quality: dict | None = None, 
                   "shapes of named colours and sizes on a 3x3 grid over a grained background, each offset, rotated "
                   "and jittered by detail no caption names (world version 2; held-out scene graphs never drawn).")
     d = cfg.get("distill", {})
-    distill_lines = [] if not distill_log else [
+    distill_lines = [] if not distilled else [
         f"- Guidance distillation: {distill_log.get('step', 0)} steps, batch {d.get('batch_size')}, guidance "
         f"U[{d.get('guidance_min')}, {d.get('guidance_max')}], final loss {distill_log.get('loss', float('nan')):.4f}, "
         f"{_stage_seconds(run_dir, 'distill') / 60:.1f} min. The exported transformer is the student "

@@ -19,7 +19,7 @@
    guidance_max]`` on the flow stage's ``z_t`` and times. One student call then replaces the
    teacher's two, and the guidance value acts as it does on FLUX.1-dev.
 5. ``export``: the parts assembled into a diffusers ``FluxPipeline`` folder (safetensors), with
-   the student as the transformer when there is one.
+   the student as the transformer when the config distils (:func:`final_transformer_dir`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def edge_map(x: torch.Tensor) -> torch.Tensor:
     The largest absolute difference to a 4-neighbour, summed over channels (the pixels on both
     sides of a step get it), scaled so that a step of 0.25 (about 30 of 255 summed) saturates,
     then grown by a 3x3 max-pool: object outlines give a band about 4 pixels wide at 1. Flat
-    regions give 0; the grain's gentle slope (a few units of 255 per pixel) gives about 0.2 at most.
+    regions give 0; the grain's gentle slope (a few units of 255 per pixel) gives 0.3 at most.
     """
     dy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(1, keepdim=True)
     dx = (x[..., 1:] - x[..., :-1]).abs().sum(1, keepdim=True)
@@ -326,16 +326,17 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, qua
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
-    write_model_card(run_dir, out_dir, quality, device=trained_on)
+    write_model_card(run_dir, out_dir, quality, device=trained_on,
+                     distilled=final_transformer_dir(run_dir).name == "student")
     return out_dir
 
 
-def _identity(config: dict) -> dict:
+def _identity(config: dict, where: str = "the config") -> dict:
     """What a run may not change when it resumes: all but the device and the step counts (keys a
     run saved before they existed take their defaults)."""
     from .config import _build
 
-    config = _build(TrainConfig, config, "the run's config.json").to_dict()
+    config = _build(TrainConfig, config, where).to_dict()
     out = {k: v for k, v in config.items() if k != "device"}
     for stage in ("vae", "flow", "distill"):
         out[stage] = {k: v for k, v in out.get(stage, {}).items() if k != "steps"}
@@ -343,8 +344,11 @@ def _identity(config: dict) -> dict:
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    if cfg.distill.steps > 0 and cfg.flow.caption_dropout <= 0:  # refused now, not after hours of training
+        raise ValueError("distill.steps > 0 needs a teacher with an unconditional branch: set flow.caption_dropout "
+                         "> 0 (e.g. 0.1), or distill.steps to 0")
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.json"
-    if path.is_file() and _identity(json.loads(path.read_text())) != _identity(cfg.to_dict()):
+    if path.is_file() and _identity(json.loads(path.read_text()), str(path)) != _identity(cfg.to_dict()):
         raise ValueError(f"{run_dir} was started with another config; use a new run folder or the same config")
     path.write_text(json.dumps(cfg.to_dict(), indent=1))
