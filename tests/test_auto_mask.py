@@ -38,7 +38,8 @@ def test_closing_fills_a_one_token_hole():
 
 
 def test_auto_mask_beats_a_full_image_mask_on_shapes_edits():
-    """IoU against the world's exact masks (the benchmark: 0.387 vs 0.168 over 100 edits)."""
+    """IoU against the world's exact masks (the benchmark: 0.387 vs 0.168 over 100 edits; these 8 edits:
+    0.45 mean, 0.28 the lowest). The bound is absolute: "twice a full-image mask" held at IoU 0.08."""
     from editflow import world
     from editflow.images import to_tensor
     from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
@@ -53,7 +54,8 @@ def test_auto_mask_beats_a_full_image_mask_on_shapes_edits():
                                                 torch.Generator().manual_seed(i)), grid).numpy()
         auto.append((pixels & ex.mask).sum() / (pixels | ex.mask).sum())
         full.append(ex.mask.mean())
-    assert np.mean(auto) > 2 * np.mean(full), (auto, full)
+    assert np.mean(auto) >= 0.3 and min(auto) >= 0.15, (auto, full)
+    assert np.mean(auto) > 5 * np.mean(full), (auto, full)
 
 
 def test_edit_with_an_automatic_mask(tiny):
