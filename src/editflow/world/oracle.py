@@ -56,11 +56,10 @@ import math
 from functools import lru_cache
 
 import numpy as np
-
 from PIL import Image, ImageDraw
 
 from .edits import EditExample
-from .render import POLYGONS_V2, SUPERSAMPLE, cell_box, object_coverage
+from .render import SUPERSAMPLE, cell_box, draw_shape, object_coverage
 from .scene import BACKGROUNDS, COLORS, EXTENT_V2, GRID, POSITIONS, SHAPES, SIZES, Obj, Scene, WorldError
 
 _PALETTE_NAMES = tuple(COLORS)
@@ -189,6 +188,11 @@ def _image(image) -> np.ndarray:
     return img.astype(np.float64)
 
 
+def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = float(np.maximum(a, b).sum())
+    return float(np.minimum(a, b).sum()) / union if union > 0 else 0.0
+
+
 def _ring(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Border pixels of ``crop`` ``[N, 3]`` and their ``(y, x)`` indices ``[N, 2]``."""
     h, w = crop.shape[:2]
@@ -209,11 +213,6 @@ def _background_plane(crop: np.ndarray) -> np.ndarray:
     return np.stack([np.ones((h, w)), yy, xx], -1) @ coef
 
 
-def _hires_outline(shape: str, r: float, angle: float, centre: float) -> list[tuple[float, float]]:
-    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    return [(centre + r * (c * x - s * y), centre + r * (s * x + c * y)) for x, y in POLYGONS_V2[shape]]
-
-
 @lru_cache(maxsize=8)
 def _bank_v2(image_size: int) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
     """Version-2 templates: ``(shape, size)`` labels, 4x-resolution coverage ``[N, H, H]`` (float) and
@@ -226,11 +225,7 @@ def _bank_v2(image_size: int) -> tuple[list[tuple[str, str]], np.ndarray, np.nda
         for shape in SHAPES:
             for angle in np.arange(0.0, SYMMETRY[shape], ANGLE_STEP if shape != "circle" else 360.0):
                 canvas = Image.new("L", (side, side), 0)
-                draw = ImageDraw.Draw(canvas)
-                if shape == "circle":
-                    draw.ellipse((side / 2 - r, side / 2 - r, side / 2 + r, side / 2 + r), fill=255)
-                else:
-                    draw.polygon(_hires_outline(shape, r, float(angle), side / 2), fill=255)
+                draw_shape(ImageDraw.Draw(canvas), shape, side / 2, side / 2, r, 255, float(angle))
                 labels.append((shape, z))
                 masks.append(np.asarray(canvas, dtype=np.float32) / 255.0)
     masks = np.stack(masks)
@@ -256,16 +251,10 @@ def _match_v2(alpha: np.ndarray, sizes: tuple[str, ...], image_size: int) -> tup
         if ye <= ys or xe <= xs:
             continue
         canvas[ys:ye, xs:xe] = m[ys - sy:ye - sy, xs - sx:xe - sx]
-        t = canvas.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3))
-        iou = float(np.minimum(t, alpha).sum() / np.maximum(t, alpha).sum())
+        iou = _soft_iou(canvas.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3)), alpha)
         if iou > best[0]:
             best = (iou, shape, z)
     return best
-
-
-def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = float(np.maximum(a, b).sum())
-    return float(np.minimum(a, b).sum()) / union if union > 0 else 0.0
 
 
 def _alpha(crop: np.ndarray, bg: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, str]:
@@ -329,9 +318,7 @@ def read_object(image, position: str, size_word: str | None = None, version: int
 
 def read_background(image) -> str:
     """Nearest background name to the per-channel median of the image's outer pixel ring."""
-    img = _image(image)
-    ring = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
-    return _BACKGROUND_NAMES[int(_nearest(np.median(ring, axis=0), _BACKGROUND_PALETTE))]
+    return _BACKGROUND_NAMES[int(_nearest(np.median(_ring(_image(image))[0], axis=0), _BACKGROUND_PALETTE))]
 
 
 def structure_iou(alpha: np.ndarray | None, obj: Obj, image_size: int) -> float:

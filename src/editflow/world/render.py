@@ -96,15 +96,16 @@ def object_frame(obj: Obj, size: int, version: int = 1) -> tuple[float, float, f
     return (col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell, EXTENT_V2[obj.size] * obj.scale * cell / 2
 
 
-def outline(obj: Obj, size: int, version: int = 1) -> list[tuple[float, float]] | None:
-    """Polygon of ``obj`` in pixels of an image of side ``size`` (None for a circle)."""
-    if obj.shape == "circle":
-        return None
-    cx, cy, r = object_frame(obj, size, version)
-    if version == 1:
-        return [(cx + r * x, cy + r * y) for x, y in POLYGONS[obj.shape]]
-    c, s = math.cos(math.radians(obj.angle)), math.sin(math.radians(obj.angle))
-    return [(cx + r * (c * x - s * y), cy + r * (s * x + c * y)) for x, y in POLYGONS_V2[obj.shape]]
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, angle: float = 0.0,
+               version: int = 2) -> None:
+    """Draw ``shape`` centred at ``(cx, cy)`` with half-extent ``r`` (pixels), rotated by ``angle``
+    degrees (clockwise on screen, about the centre), with the outlines of world ``version``."""
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        return
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))  # angle 0: exactly (1, 0)
+    unit = POLYGONS if version == 1 else POLYGONS_V2
+    draw.polygon([(cx + r * (c * x - s * y), cy + r * (s * x + c * y)) for x, y in unit[shape]], fill=fill)
 
 
 def cell_box(position: str, size: int) -> tuple[int, int, int, int]:
@@ -118,12 +119,8 @@ def cell_box(position: str, size: int) -> tuple[int, int, int, int]:
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: Obj, hi: int, fill, version: int = 1) -> None:
-    polygon = outline(obj, hi, version)
-    if polygon is None:
-        cx, cy, r = object_frame(obj, hi, version)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon(polygon, fill=fill)
+    cx, cy, r = object_frame(obj, hi, version)
+    draw_shape(draw, obj.shape, cx, cy, r, fill, obj.angle if version == 2 else 0.0, version)
 
 
 def grain_field(grain: int, size: int) -> np.ndarray:
