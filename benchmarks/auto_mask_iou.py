@@ -49,7 +49,7 @@ def main() -> None:
     for i in range(args.n):
         kind = world.EDIT_KINDS[i % len(world.EDIT_KINDS)]
         ex = world.sample_edit(scene_rng(HELD_OUT_NAMESPACE, args.seed + 9, i), kind, size=64, version=version,
-                               split="held_out" if version == 2 else None)
+                               split=world.held_out_split(version))
         x = model.encode_image(to_tensor(Image.fromarray(ex.source_image)))
         tokens = auto_mask(model, x, grid, ex.source_prompt, ex.target_prompt, torch.Generator().manual_seed(i),
                            t=args.t, draws=args.draws, threshold=args.threshold)

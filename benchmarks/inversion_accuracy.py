@@ -50,7 +50,7 @@ def scenes(model, n: int, size: int, seed: int):
     for i in range(n):
         version = trained_world_version(model.name)
         scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, seed + 3, i), version=version,
-                                   split="held_out" if version == 2 else None)
+                                   split=world.held_out_split(version))
         images.append(world.render(scene, size))
         captions.append(world.caption(scene))
     x = torch.cat([to_tensor(Image.fromarray(im)) for im in images])

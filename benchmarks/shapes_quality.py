@@ -42,12 +42,12 @@ from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
 
 def held_out_scene(version: int, seed: int, i: int) -> world.Scene:
     rng = scene_rng(HELD_OUT_NAMESPACE, seed, i)
-    return world.sample_scene(rng, version=version, split="held_out" if version == 2 else None)
+    return world.sample_scene(rng, version=version, split=world.held_out_split(version))
 
 
 def held_out_edit(version: int, seed: int, i: int, kind: str, size: int) -> world.EditExample:
     rng = scene_rng(HELD_OUT_NAMESPACE, seed, i)
-    return world.sample_edit(rng, kind, size=size, version=version, split="held_out" if version == 2 else None)
+    return world.sample_edit(rng, kind, size=size, version=version, split=world.held_out_split(version))
 
 
 def text_to_image(model, n: int, size: int, steps: int, seed: int, version: int, guidance: float | None) -> dict:

@@ -77,7 +77,8 @@ def test_edits_keep_every_uncaptioned_detail_they_do_not_name(kind):
 
 
 def test_held_out_graphs_never_occur_in_training_batches():
-    from editflow.train.data import caption_corpus, training_split
+    from editflow.train.data import caption_corpus
+    from editflow.world import training_split
     from editflow.train.text import caption_batch
 
     captions = [c for step in range(30) for c in world_batch(0, step, 32, 32, version=2)[1]]

@@ -37,7 +37,7 @@ def run_demo(model: FlowModel, seed: int = 0, kind: str = "color", methods=("flo
 
     version = trained_world_version(model.name)
     example = world.sample_edit(np.random.default_rng([7, seed]), kind, size=size, version=version,
-                                split="held_out" if version == 2 else None)
+                                split=world.held_out_split(version))
     source = Image.fromarray(example.source_image)
     tiles = [_tile(source, ["source", kind + " edit"]), _tile(Image.fromarray(example.target_image), ["ground truth"])]
     rows = []

@@ -27,7 +27,7 @@ def world_batch(seed: int, step: int, batch_size: int, image_size: int, min_obje
     held-out split never meets training; version 1 (the ``shapes`` model) draws from all graphs.
     """
     rng = scene_rng(namespace, seed, step)
-    split = training_split(version)
+    split = world.training_split(version)
     images, captions = [], []
     for _ in range(batch_size):
         scene = world.sample_scene(rng, min_objects=min_objects, max_objects=max_objects, version=version, split=split)
@@ -37,16 +37,11 @@ def world_batch(seed: int, step: int, batch_size: int, image_size: int, min_obje
     return x, captions
 
 
-def training_split(version: int) -> str | None:
-    """The split training draws from: ``"train"`` in world version 2, every graph in version 1."""
-    return "train" if version == 2 else None
-
-
 def caption_corpus(n: int, seed: int, version: int = 1) -> list[str]:
     """Captions for training the tokenizer (canonical and paraphrased), from the training split."""
     rng = scene_rng(TRAIN_NAMESPACE, seed, -1 % 2**31)
     out = []
     for i in range(n):
-        scene = world.sample_scene(rng, version=version, split=training_split(version))
+        scene = world.sample_scene(rng, version=version, split=world.training_split(version))
         out.append(world.caption(scene, rng if i % 2 else None))
     return out

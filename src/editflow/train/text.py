@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import world
 from . import loop
-from .data import scene_rng, training_split
+from .data import scene_rng
 
 TEXT_NAMESPACE = 3  # caption batches for this stage; flow batches draw from data.TRAIN_NAMESPACE
 IGNORE = -100
@@ -109,7 +109,7 @@ def pretrain_t5(t5, tokenizer, *, seed: int, steps: int, batch_size: int, lr: fl
 
     def loss_at(step: int) -> torch.Tensor:
         hidden, labels = encode(caption_batch(seed, step, batch_size, min_objects, max_objects, version,
-                                              training_split(version)))
+                                              world.training_split(version)))
         return sum(heads.losses(hidden, labels).values())
 
     params = list(t5.parameters()) + list(heads.parameters())
@@ -118,4 +118,4 @@ def pretrain_t5(t5, tokenizer, *, seed: int, steps: int, batch_size: int, lr: fl
     t5.eval()
     with torch.no_grad():  # held out: a step index the loop never reaches (version 2: the held-out graphs)
         return heads.accuracy(*encode(caption_batch(seed, 10**9, 512, min_objects, max_objects, version,
-                                                    "held_out" if version == 2 else None)))
+                                                    world.held_out_split(version))))

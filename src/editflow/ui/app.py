@@ -46,11 +46,11 @@ def shapes_example(i: int, version: int | None = None) -> tuple[np.ndarray, str,
     """A held-out shapes scene of the built-in model's world, its caption, and a colour edit's target prompt."""
     from ..models.zoo import trained_world_version
     from ..train.data import HELD_OUT_NAMESPACE, scene_rng
-    from ..world import sample_edit
+    from ..world import held_out_split, sample_edit
 
     version = version or trained_world_version("shapes")
     ex = sample_edit(scene_rng(HELD_OUT_NAMESPACE, 777, i), "color", version=version,
-                     split="held_out" if version == 2 else None)
+                     split=held_out_split(version))
     return ex.source_image, ex.source_prompt, ex.target_prompt
 
 

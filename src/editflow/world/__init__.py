@@ -42,9 +42,11 @@ from .scene import (
     Obj,
     Scene,
     WorldError,
+    held_out_split,
     sample_object,
     sample_scene,
     split_of,
+    training_split,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "edit_mask",
     "edit_scores",
     "grain_corr",
+    "held_out_split",
     "make_edit",
     "make_example",
     "mse",
@@ -86,4 +89,5 @@ __all__ = [
     "sample_style",
     "ssim",
     "structure_iou",
+    "training_split",
 ]

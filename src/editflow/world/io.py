@@ -32,15 +32,14 @@ from ..limits import Limits, check_seed
 from .captions import caption
 from .edits import EDIT_KINDS, check_kind, sample_edit
 from .render import render
-from .scene import VERSIONS, WorldError, check_split, sample_scene
+from .scene import WorldError, check_split, check_version, sample_scene
 
 MIN_SIZE = 16
 
 
 def check_options(n: int, size: int, seed: int = 0, version: int = 1, split: str | None = None,
                   textures: bool = False) -> None:
-    if version not in VERSIONS:
-        raise WorldError(f"unknown world version {version}: choose from {', '.join(map(str, VERSIONS))}")
+    check_version(version)
     check_split(split)
     if version == 2 and textures:
         raise WorldError("--textures is for world version 1: version-2 backgrounds carry grain instead")

@@ -94,8 +94,8 @@ def offset_bound(size: str, scale: float = 1.0) -> float:
     return 0.5 - MARGIN_V2 - EXTENT_V2[size] / 2 * scale
 
 
-DETAIL_FIELDS = ("dx", "dy", "angle", "scale")
 _NO_DETAIL = {"dx": 0.0, "dy": 0.0, "angle": 0.0, "scale": 1.0}
+DETAIL_FIELDS = tuple(_NO_DETAIL)
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,7 @@ class Scene:
         _check(self.background, BACKGROUNDS, "background")
         if self.texture is not None:
             _check(self.texture, TEXTURES, "texture")
-        if self.version not in VERSIONS:
-            raise WorldError(f"unknown world version {self.version!r}: choose from {', '.join(map(str, VERSIONS))}")
+        check_version(self.version)
         object.__setattr__(self, "objects", tuple(self.objects))
         if not 1 <= len(self.objects) <= MAX_OBJECTS:
             raise WorldError(f"a scene holds 1 to {MAX_OBJECTS} objects, got {len(self.objects)}")
@@ -220,6 +219,23 @@ def split_of(scene: Scene) -> str:
     return "held_out" if zlib.crc32(scene.graph_key().encode()) % HELD_OUT_EVERY == 0 else "train"
 
 
+def check_version(version: int) -> int:
+    if version not in VERSIONS:
+        raise WorldError(f"unknown world version {version!r}: choose from {', '.join(map(str, VERSIONS))}")
+    return version
+
+
+def training_split(version: int) -> str | None:
+    """The split training draws from: ``"train"`` in version 2; every graph in version 1 (no split)."""
+    return "train" if version == 2 else None
+
+
+def held_out_split(version: int) -> str | None:
+    """The split benchmarks draw from: ``"held_out"`` in version 2; version 1 has none (its benchmarks
+    use a seed namespace training never used instead)."""
+    return "held_out" if version == 2 else None
+
+
 def check_split(split: str | None) -> str | None:
     if split is not None and split not in SPLITS:
         raise WorldError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
@@ -261,8 +277,7 @@ def sample_scene(
     """
     if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
         raise WorldError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {min_objects}, {max_objects}")
-    if version not in VERSIONS:
-        raise WorldError(f"unknown world version {version!r}: choose from {', '.join(map(str, VERSIONS))}")
+    check_version(version)
     if version == 2 and textures:
         raise WorldError("version-2 scenes have grain instead of captioned textures: drop textures")
     check_split(split)
