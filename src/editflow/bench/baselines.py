@@ -19,6 +19,7 @@ calls (:class:`~editflow.models.base.NFE`) and the wall time.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import torch
 from PIL import Image
@@ -32,11 +33,13 @@ BASELINES: tuple[str, ...] = ("identity", "regeneration", "vae_ceiling")
 REGENERATION_STEPS = 28  # FLUX.1-dev's and FlowEdit's step count
 
 
-def parse_baselines(text: str | None) -> tuple[str, ...]:
-    """``"identity,regeneration"`` -> names; ``None`` -> all three; ``"none"`` or ``""`` -> none."""
+def parse_baselines(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"identity,regeneration"`` (or a sequence of names) -> names, each once; ``None`` -> all three;
+    ``"none"``, ``""`` or an empty sequence -> none."""
     if text is None:
         return BASELINES
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(n.strip() for n in parts if n.strip()))
     if names in ((), ("none",)):
         return ()
     for n in names:
@@ -74,20 +77,20 @@ def run_baseline(name: str, model: FlowModel, source: Image.Image, target_prompt
     from ..api import prepare_image
     from ..sampling import generate
 
+    if name not in BASELINES:
+        raise EditflowError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}")
+    if name == "vae_ceiling" and target_image is None:
+        raise EditflowError("vae_ceiling needs the item's ground-truth target image")
     before = model.counter.total.copy()
     start = time.perf_counter()
     if name == "identity":
         out = source.copy()
-    elif name == "regeneration":
-        _, size, work = prepare_image(model, source, limits)
-        out = generate(model, target_prompt, work[1], work[0], steps=REGENERATION_STEPS, seed=seed, limits=limits)
-        out = out if out.size == size else out.resize(size, Image.LANCZOS)
-    elif name == "vae_ceiling":
-        if target_image is None:
-            raise EditflowError("vae_ceiling needs the item's ground-truth target image")
-        x, size, work = prepare_image(model, target_image, limits)
-        out = to_pil(model.decode(model.encode_image(x), model.grid(work[1], work[0])))
-        out = out if out.size == size else out.resize(size, Image.LANCZOS)
-    else:
-        raise EditflowError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}")
+    else:  # both work at the size an edit of the item works at, and come back at the item's size
+        x, size, work = prepare_image(model, target_image if name == "vae_ceiling" else source, limits)
+        if name == "regeneration":
+            out = generate(model, target_prompt, work[1], work[0], steps=REGENERATION_STEPS, seed=seed, limits=limits)
+        else:
+            out = to_pil(model.decode(model.encode_image(x), model.grid(work[1], work[0])))
+        if out.size != size:
+            out = out.resize(size, Image.LANCZOS)
     return out, model.counter.total - before, time.perf_counter() - start

@@ -239,7 +239,7 @@ def model_metrics(names: list[str], paths: dict[str, str], device=None) -> list[
 
 def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | None = None,
             metrics: list[str] | None = None, seed: int = 0, limit: int | None = None,
-            limits: Limits | None = None, baselines: tuple[str, ...] = BASELINES
+            limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES
             ) -> tuple[list[EditRecord], list[str], dict[str, dict[str, Any]]]:
     """What :func:`run` checks before it writes anything or loads a model: the methods (listed
     once each), ``--set`` values (against the model's family when the zoo or the folder tells it),
@@ -255,7 +255,7 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise EditflowError("--methods names no method: pass e.g. --methods flowedit")
-    parse_baselines(",".join(baselines) or "none")  # the same check and message as --baselines
+    baselines = parse_baselines(baselines)  # the same check and message as --baselines
     for m in methods:
         get_method(m)
     overrides = parse_sets(sets or [], methods)
@@ -268,7 +268,7 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
         raise EditflowError(f"--seed {seed!r}: item i is edited with seed + i, so for these {len(items)} items "
                             f"--seed must be a whole number from 0 to {SEED_MAX - last}")
     limits = limits or Limits.from_env()
-    check_baselines(tuple(baselines), limits)
+    check_baselines(baselines, limits)
     _check_images(items, limits)
     try:
         family = model_family(model_name)
@@ -321,7 +321,7 @@ def _save(image, path: Path) -> None:
 def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str] | None = None,
         metrics: list[str] | None = None, metric_paths: dict[str, str] | None = None, seed: int = 0,
         limit: int | None = None, device: str | None = None, progress: bool = True,
-        limits: Limits | None = None, baselines: tuple[str, ...] = BASELINES) -> Path:
+        limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES) -> Path:
     """Run every (item, method) and (item, baseline) not yet in ``out``; returns this process's shard path.
 
     Checks everything :func:`prepare` lists, creates ``out`` and takes its lock (:func:`run_lock`)
@@ -333,7 +333,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
 
     rank, world_size = process_rank()
     limits = limits or Limits.from_env()
-    baselines = parse_baselines(baselines if isinstance(baselines, str) else ",".join(baselines) or "none")
+    baselines = parse_baselines(baselines)
     items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines)
     root = Path(out)
     with writing(root, "pass another --out"):
