@@ -201,7 +201,8 @@ def assemble(run_dir: Path, transformer=None):
 class FlowBatches:
     """The flow-matching training pairs of a run: batch ``k`` of seed ``s`` is a pure function of both.
 
-    ``__call__(step, seed_offset)`` returns ``(z_t, t, eps - x0, cond)``: world images encoded by
+    ``__call__(step, batch_size, caption_dropout, seed_offset)`` returns ``(z_t, t, eps - x0, cond)``:
+    ``batch_size`` world images (of seed ``cfg.seed + seed_offset``) encoded by
     the frozen VAE, a logit-normal time shifted by FLUX's resolution shift, the interpolant
     ``z_t = (1 - t) x0 + t eps`` and the encoded captions (``""`` for a ``caption_dropout`` share).
     """
