@@ -266,8 +266,8 @@ def test_cli_in_a_process_non_utf8_prompt_and_usage_mistakes(tmp_path, photo):
 def test_quiet_prints_nothing_on_the_shapes_model(tmp_path):
     """``-q``: no loading bars (transformers' "Loading weights"), no progress, no notices."""
     example = Path(__file__).resolve().parent.parent / "examples" / "shapes_scene.png"
-    proc = run_module("edit", str(example), "-s", "a large red circle in the center, on a gray background",
-                      "-t", "a large blue circle in the center, on a gray background", "-o", str(tmp_path / "o.png"),
+    source = "a large red circle in the center and a small yellow square in the top left, on a gray background"
+    proc = run_module("edit", str(example), "-s", source, "-t", source.replace("red", "blue"), "-o", str(tmp_path / "o.png"),
                       "--steps", "4", "-q")
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr.decode().strip() == "" and proc.stdout.decode().strip() == ""

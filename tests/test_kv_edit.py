@@ -133,14 +133,14 @@ def test_background_is_preserved_on_the_shapes_model():
     model = editflow.load_model("shapes")
     values = []
     for i in range(6):
-        ex = world.sample_edit(scene_rng(HELD_OUT_NAMESPACE, 2, i), "color", size=64)
+        ex = world.sample_edit(scene_rng(HELD_OUT_NAMESPACE, 2, i), "color", size=64, version=2, split="held_out")
         r = editflow.edit(model, Image.fromarray(ex.source_image), ex.source_prompt, ex.target_prompt,
                           method="kv_edit", seed=i, mask=ex.mask)
         grid = model.grid(64, 64)
         dilated = dilate_tokens(grid.mask_to_tokens(torch.from_numpy(ex.mask)), grid)
         keep = ~token_mask_to_pixels(dilated, grid).numpy()
         values.append(min(world.psnr(np.asarray(r.image), ex.source_image, keep), 100.0))
-    assert np.mean(values) >= 35.0, values  # measured 40.2 dB mean over 20 edits
+    assert np.mean(values) >= 35.0, values  # measured 41.9 dB mean (38.2 lowest); regeneration scores ~23 dB
 
 
 @pytest.mark.parametrize("attn_mask", [False, True])

@@ -52,8 +52,8 @@ def test_errors_name_the_problem(tiny, source_latent):
 
 
 def test_outpainting_keeps_the_known_region_on_the_shapes_model():
-    """Known centre pasted until t = 0.1 (the paper's inpaint/outpaint mode): measured 42.9 dB
-    mean over 10 scenes (min 29.6); asserted >= 30 dB over 3."""
+    """Known centre pasted until t = 0.1 (the paper's inpaint/outpaint mode): measured on held-out
+    world-version-2 scenes 39.2 dB mean over 10 (min 34.7; these 3: 42.0); asserted >= 30 dB over 3."""
     from editflow import world
     from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
 
@@ -62,7 +62,7 @@ def test_outpainting_keeps_the_known_region_on_the_shapes_model():
     known[16:48, 16:48] = True
     values = []
     for i in range(3):
-        scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, 23, i))
+        scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, 23, i), version=2, split="held_out")
         image = world.render(scene, 64)
         r = editflow.edit(model, Image.fromarray(image), world.caption(scene), world.caption(scene),
                           method="personalize_anything", seed=i, mask=known, tau=0.1)
@@ -148,15 +148,16 @@ def test_subjects_through_the_api(tiny):
 def test_pasting_an_object_into_another_scene_on_the_shapes_model():
     """Multi-subject inpainting (benchmarks/personalize_paste.py, 50 held-out cases): the base
     scene is the main reference with all but the object's tokens known (tau 0.1), the reference
-    scene a second subject (tau 0.1), the prompt names the result. Measured 43/50 right with the
-    subject and 1/50 without it (the prompt alone does not put the object into the hole), so the
-    pasted reference causes it; asserted >= 35/50 and <= 2/10."""
+    scene a second subject (tau 0.1), the prompt names the result. Measured on the world-version-2
+    model: 18/50 right with the subject and 0/50 without it (the prompt alone does not put the
+    object into the hole), so the pasted reference causes it; pasting the reference's own tokens
+    gets 17/50, this model's ceiling here. Asserted >= 12/50 and <= 2/10."""
     from benchmarks.personalize_paste import SEED_OFFSET, paste, right
     from editflow import world
     from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
 
     model = editflow.load_model("shapes")
-    cases = [world.sample_paste(scene_rng(HELD_OUT_NAMESPACE, SEED_OFFSET, i)) for i in range(50)]
+    cases = [world.sample_paste(scene_rng(HELD_OUT_NAMESPACE, SEED_OFFSET, i), 2) for i in range(50)]
     with_subject = sum(right(paste(model, ex, ex.prompts[2], 0.1, i), ex.obj) for i, ex in enumerate(cases))
     without = sum(right(paste(model, ex, ex.prompts[2], None, i), ex.obj) for i, ex in enumerate(cases[:10]))
-    assert with_subject >= 35 and without <= 2, (with_subject, without)
+    assert with_subject >= 12 and without <= 2, (with_subject, without)

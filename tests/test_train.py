@@ -114,11 +114,11 @@ def test_resume_refuses_a_different_model_but_allows_more_steps(micro_run, tmp_p
 
 
 def test_a_run_saved_before_new_config_keys_still_resumes(tmp_path):
-    """The shipped shapes model's config predates world_version, vae.edge_weight and distill: resuming
-    its run with the same configuration file must not be refused."""
-    from editflow.models.zoo import SHAPES_DIR
-
-    (tmp_path / "config.json").write_text((SHAPES_DIR / "train_config.json").read_text())
+    """The first shapes model's run (world version 1) was saved before world_version, vae.edge_weight
+    and distill existed: resuming it with the same configuration file must not be refused."""
+    saved = TrainConfig.load("configs/shapes-cpu.json").to_dict()
+    del saved["world_version"], saved["vae"]["edge_weight"], saved["distill"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
     stages.save_config(TrainConfig.load("configs/shapes-cpu.json"), tmp_path)
     cfg = TrainConfig.load("configs/shapes-cpu.json")
     cfg.world_version = 2
@@ -164,6 +164,7 @@ def test_export_is_a_loadable_pipeline_folder_with_a_model_card(micro_run, tmp_p
     card = (out / "MODEL.md").read_text()
     assert "Transformer: 4 steps" in card and "safetensors" in card
     assert json.loads((out / "transformer" / "config.json").read_text())["guidance_embeds"]  # the student
+    assert not [c for c in out.glob("*/config.json") if str(micro_run) in c.read_text()]  # no training-machine paths
     assert not list(out.rglob("*.bin")) and sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) < 60 * 2**20
     code = ("import sys, editflow; m = editflow.load_model(sys.argv[1], device='cpu'); assert m.guidance_distilled; "
             "im = editflow.generate(m, 'a large red circle in the center, on a gray background', 32, 32, steps=2); "

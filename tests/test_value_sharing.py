@@ -82,8 +82,8 @@ def test_editing_steps_reuse_the_values_of_the_inversion_step_over_the_same_inte
 
 
 def test_equal_prompts_with_injection_everywhere_stay_close_to_plain_reconstruction(tiny, source_latent):
-    """In latent terms sharing does not beat plain RF-Solver (tiny: within 5%; shapes model at 25
-    steps: 1.85x the latent error), because Q/K and V then come from different states; see the
+    """In latent terms sharing does not beat plain RF-Solver (tiny: within 5%; the first,
+    world-version-1 shapes model at 25 steps: 1.85x the latent error), because Q/K and V then come from different states; see the
     RF-Edit docstring. This guards the measured bound; the image-level test is below."""
     x, _ = source_latent
     shared, _, _, _ = _run(tiny, source_latent, "rf_edit", steps=8, inject=8, source_guidance=2.0, target_guidance=2.0)
@@ -106,30 +106,34 @@ def test_base_control_is_the_identity(tiny, source_latent):
                                tiny.velocity(x, 0.4, cond, grid), rtol=0, atol=1e-5)
 
 
-def test_rf_edit_reconstructs_images_as_well_as_plain_rf_solver_on_the_shapes_model():
-    """Equal prompts, injection on all 25 steps, the reference's guidances (1 / 2): the decoded
-    reconstruction is at least as good as plain RF-Solver inversion + regeneration (measured over
-    16 scenes: 32.270 vs 32.268 dB, both at the VAE's ceiling; in latent RMSE sharing is 1.8x
-    worse, see the RF-Edit docstring)."""
+def test_rf_edit_reconstructs_images_better_than_plain_rf_solver_on_the_shapes_model():
+    """Equal prompts, injection on all 25 steps, the reference's guidances (1 for the inversion, 2
+    for the regeneration): on the guidance-distilled shapes model the two passes follow different
+    fields, and sharing the inversion's values pulls the regeneration back to the source. Scored
+    against the VAE round trip, so that the VAE's own error does not cap both sides (measured over
+    these 4 held-out scenes: 40.99 vs 36.48 dB mean, sharing ahead on each by 1.9 to 6.0 dB)."""
     import numpy as np
     from PIL import Image
 
     import editflow
     from editflow import world
+    from editflow.images import to_pil, to_tensor
     from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
 
     model = editflow.load_model("shapes")
     shared, plain = [], []
     for i in range(4):
-        scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, 7, i))
+        scene = world.sample_scene(scene_rng(HELD_OUT_NAMESPACE, 7, i), version=2, split="held_out")
         image, caption = world.render(scene, 64), world.caption(scene)
+        roundtrip = np.asarray(to_pil(model.decode(model.encode_image(to_tensor(Image.fromarray(image))),
+                                                   model.grid(64, 64))))
         a = editflow.edit(model, Image.fromarray(image), caption, caption, method="rf_edit", seed=0, inject=25)
         b = editflow.edit(model, Image.fromarray(image), caption, caption, method="ode_inversion", seed=0,
                           solver="rf_solver", steps=25, source_guidance=1.0, target_guidance=2.0)
         assert a.nfe == b.nfe and a.stats["shared_value_calls"] > 0
-        shared.append(world.psnr(np.asarray(a.image), image))
-        plain.append(world.psnr(np.asarray(b.image), image))
-    assert np.mean(shared) >= np.mean(plain) - 0.01, (shared, plain)
+        shared.append(world.psnr(np.asarray(a.image), roundtrip))
+        plain.append(world.psnr(np.asarray(b.image), roundtrip))
+    assert np.mean(shared) >= np.mean(plain) + 2.0 and min(np.subtract(shared, plain)) > 0, (shared, plain)
 
 
 def test_at_the_inversion_state_the_shared_call_reproduces_the_inversion_velocity(tiny, source_latent):

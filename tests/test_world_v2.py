@@ -147,3 +147,20 @@ def test_edit_scores_tell_the_ground_truth_from_a_regeneration():
     assert mean(regen, "grain_corr") < 0.3
     outside = [min(r["psnr_outside_mask_vs_source"], 60) for r in regen]
     assert np.mean(outside) < 27  # other objects misplaced and another grain
+
+
+def test_the_main_jobs_example_image_is_the_scripts_world_v2_scene(tmp_path):
+    """examples/shapes_scene.png is what scripts/make_example_scene.py renders (a held-out graph)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "scene.png"
+    r = subprocess.run([sys.executable, str(root / "scripts" / "make_example_scene.py"), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "a large red circle in the center and a small yellow square in the top left, on a gray background"
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(root / "examples" / "shapes_scene.png")))

@@ -17,13 +17,16 @@ t_{i+1} of the inversion step t_{i+1} -> t_i, so it mirrors that step. NFE = 4 T
 (FLUX.1-dev at 1024^2: one V of one block is 24 x 4608 x 128 x 2 B = 28 MiB, so 18 blocks x 2
 calls x 5 steps = 5 GiB; ``offload=True`` keeps it in CPU memory as the reference does).
 
-Measured on editflow's shapes model with equal prompts and injection on all 25 steps: decoded
-images are as close to the input as plain RF-Solver's (16 scenes: 32.270 vs 32.268 dB, both at
-the VAE's ceiling; tested), but in latent RMSE sharing is worse (0.0051 vs 0.0028), because the editing call's Q and K come from its own state and V from the inversion's,
-which differ by the discretisation error (at the same state the controlled velocity equals the
-stored one exactly; tested). Its use is structure keeping under a prompt change, and correcting a
-guidance mismatch (inversion 1 vs editing 2) on FLUX (RF-Solver-Edit issue #37); the shapes
-model has no guidance embedding, so that case cannot be shown on it.
+Measured with equal prompts and injection on all 25 steps. On the first (world-version-1, not
+guidance-distilled) shapes model, decoded images were as close to the input as plain RF-Solver's
+(16 scenes: 32.270 vs 32.268 dB, both at the VAE's ceiling), but in latent RMSE sharing was worse
+(0.0051 vs 0.0028), because the editing call's Q and K come from its own state and V from the
+inversion's, which differ by the discretisation error (at the same state the controlled velocity
+equals the stored one exactly; tested). Its use is structure keeping under a prompt change, and
+correcting a guidance mismatch (inversion 1 vs editing 2) on FLUX (RF-Solver-Edit issue #37). The
+guidance-distilled world-version-2 shapes model shows that case: at guidances 1 / 2, scored against
+the VAE round trip, sharing reconstructs at 41.0 dB against plain RF-Solver's 36.5 dB (4 held-out
+scenes; tested).
 
 Defaults for FLUX.1-dev (RF-Solver-Edit's Gradio demo): 25 steps, inject = 5, inversion guidance
 1, editing guidance 2, single-stream blocks 20-37 of 38 (``share_from = 20/38``; on models with

@@ -1,7 +1,7 @@
 """Training configuration of the built-in shapes model, read from a JSON file.
 
 Every field has a default (the CPU configuration); a config file overrides any subset, e.g.
-``configs/shapes-cpu.json``. Unknown keys are an error, so a typo never trains the wrong model.
+``configs/world2-cpu.json`` (the shipped model). Unknown keys are an error, so a typo never trains the wrong model.
 """
 
 from __future__ import annotations

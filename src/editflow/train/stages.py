@@ -326,6 +326,10 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, qua
     pipe = assemble(run_dir)
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    for config in out_dir.glob("*/config.json"):  # diffusers records the training machine's run path there
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
     write_model_card(run_dir, out_dir, quality, device=trained_on,
                      distilled=final_transformer_dir(run_dir).name == "student")
