@@ -100,3 +100,18 @@ def test_t5_tokenizer_is_word_level_and_survives_save_and_load(tmp_path):
     again = T5TokenizerFast.from_pretrained(tmp_path / "t5")
     for s in corpus + [text, "an unseen word: zebra"]:
         assert again(s).input_ids == tok(s).input_ids
+
+
+def test_a_shapes_models_training_config_gives_its_world_version_and_size(tmp_path):
+    """Commands that default to a model's native size (``vital-layers``) read an exported shapes
+    folder's train_config.json instead of assuming FLUX's 1024 px."""
+    from editflow.errors import EditflowError
+    from editflow.models.zoo import trained_image_size, trained_world_version
+
+    assert trained_image_size("shapes") == 64 and trained_world_version("shapes") == 2
+    (tmp_path / "train_config.json").write_text('{"image_size": 32, "world_version": 2}')
+    assert trained_image_size(str(tmp_path)) == 32 and trained_world_version(str(tmp_path)) == 2
+    assert trained_image_size(str(tmp_path / "elsewhere")) is None
+    (tmp_path / "train_config.json").write_text("[1, 2]")
+    with pytest.raises(EditflowError, match="not a readable training config"):
+        trained_image_size(str(tmp_path))

@@ -399,7 +399,7 @@ def vital_layers_cmd(
     """Stable Flow's vital-layer search: bypass each block, score the change, keep the vital ones."""
     _quiet_libraries()
     from .limits import Limits, check_seed
-    from .models.zoo import DEFAULT_MODEL, load_model
+    from .models.zoo import DEFAULT_MODEL, load_model, trained_image_size
     from .vital_layers import select, similarity_function, vitality, write
 
     try:
@@ -417,7 +417,7 @@ def vital_layers_cmd(
         for text in lines:
             limits.check_prompt(text, f"a prompt of {prompts}")
         name = model or DEFAULT_MODEL
-        native = 64 if name == DEFAULT_MODEL else None
+        native = trained_image_size(name) or (64 if name == DEFAULT_MODEL else None)  # shapes and its exports
         side = size or native or 1024
         limits.check_working(side, side, name, fix="pass a smaller --size")
         limits.check_work(steps, steps, 1)  # each generation; there are (layers + 1) x prompts x seeds

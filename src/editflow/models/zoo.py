@@ -358,20 +358,49 @@ def shapes_available() -> bool:
     return (SHAPES_DIR / "model_index.json").is_file()
 
 
-def trained_world_version(name_or_path: str) -> int:
-    """The shapes-world version a shapes model was trained on: its folder's ``train_config.json``
-    says it (``world_version``, 1 when absent); 2 for any other model (edit sets default to it)."""
+def _train_config(name_or_path: str) -> tuple[Path, dict] | None:
+    """A shapes model's ``train_config.json`` (the built-in one for ``"shapes"``), or None."""
     import json
 
     folder = SHAPES_DIR if name_or_path == "shapes" else Path(str(name_or_path)).expanduser()
     path = folder / "train_config.json"
     if not path.is_file():
-        return 2
+        return None
     try:
-        return int(json.loads(path.read_text()).get("world_version", 1))
-    except (ValueError, OSError, AttributeError, TypeError):
-        raise EditflowError(f"{path} is not a readable training config (JSON with an integer world_version): "
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TypeError
+        return path, data
+    except (ValueError, OSError, TypeError):
+        raise EditflowError(f"{path} is not a readable training config (a JSON object): "
                             "restore it from the model's folder") from None
+
+
+def _train_config_int(name_or_path: str, key: str, default: int) -> int | None:
+    """An integer of a shapes model's training config (``default`` when the key is absent), or None
+    when the model has no training config."""
+    found = _train_config(name_or_path)
+    if found is None:
+        return None
+    path, data = found
+    try:
+        return int(data.get(key, default))
+    except (ValueError, TypeError):
+        raise EditflowError(f"{path} is not a readable training config (JSON with an integer {key}): "
+                            "restore it from the model's folder") from None
+
+
+def trained_world_version(name_or_path: str) -> int:
+    """The shapes-world version a shapes model was trained on: its folder's ``train_config.json``
+    says it (``world_version``, 1 when absent); 2 for any other model (edit sets default to it)."""
+    version = _train_config_int(name_or_path, "world_version", 1)
+    return 2 if version is None else version
+
+
+def trained_image_size(name_or_path: str) -> int | None:
+    """The image side a shapes model (built in or exported) was trained at, from its
+    ``train_config.json``; None for other models (their callers pick the family's size)."""
+    return _train_config_int(name_or_path, "image_size", 64)
 
 
 def _source_label(e: ZooEntry) -> str:
