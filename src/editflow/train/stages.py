@@ -331,8 +331,8 @@ def export(run_dir: Path, out_dir: Path, dtype: torch.dtype = torch.float32, qua
         if data.pop("_name_or_path", None) is not None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (out_dir / "train_config.json").write_text((run_dir / "config.json").read_text())
-    write_model_card(run_dir, out_dir, quality, device=trained_on,
-                     distilled=final_transformer_dir(run_dir).name == "student")
+    write_model_card(run_dir, out_dir, quality, device=trained_on,  # only the student has a guidance embedding
+                     distilled=bool(pipe.transformer.config.guidance_embeds))
     return out_dir
 
 
