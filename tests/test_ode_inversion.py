@@ -43,12 +43,15 @@ def test_editing_changes_the_latent(tiny, source_latent):
     assert (out - x).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("solver", ["euler", "rf_solver", "fireflow", "dpmpp_2m", "dpmpp_2m_explicit", "nudged_euler"])
+@pytest.mark.parametrize("solver", ["euler", "rf_solver", "fireflow", "dpmpp_2m", "dpmpp_2m_explicit", "nudged_euler",
+                                    "uni_inv", "fixed_point"])
 @pytest.mark.parametrize("skip", [0, 2])
 def test_every_solver_counts_the_nfe_it_states(tiny, source_latent, solver, skip):
     x, grid = source_latent
     _, nfe = _reconstruct(tiny, x, grid, 6, solver=solver, skip=skip)
     assert nfe == ODE.expected_nfe(ODE.params.for_family("flux", steps=6, solver=solver, skip=skip))
+    n = 6 - skip  # inversion + Euler regeneration: Uni-Inv n + 1 calls, FTEdit's fixed point 3 per step
+    assert {"uni_inv": nfe.calls == 2 * n + 1, "fixed_point": nfe.calls == 4 * n}.get(solver, True)
 
 
 def test_second_order_solvers_reconstruct_at_their_order(tiny, source_latent):
@@ -69,7 +72,7 @@ def test_unknown_solver_is_rejected_before_any_work():
 
 
 @pytest.mark.parametrize("method,extra", [("ode_inversion", {}), ("rf_inversion", {}), ("dit4edit", {}),
-                                          ("stable_flow", {"layers": "single.0"})])
+                                          ("stable_flow", {"layers": "single.0"}), ("uniedit", {}), ("dnaedit", {})])
 def test_inversion_cache_reuses_the_inversion_for_a_new_target(tiny, method, extra):
     """A second edit of the same image and source prompt skips the inversion (fewer calls, the
     same result as without the cache); another source prompt or image misses."""

@@ -20,7 +20,7 @@ def test_row_values_are_made_on_the_device_and_kept(tiny):
 def test_speed_benchmark_counts_calls_and_re_edits(tmp_path):
     out = tmp_path / "speed.json"
     cmd = [sys.executable, "benchmarks/speed.py", "--arch", "flux-dev", "--random-weights", "--layers", "1,2",
-           "--heads", "1", "--sizes", "64", "--methods", "flowedit,ode_inversion,rf_edit,kv_edit", "--steps", "4",
+           "--heads", "1", "--sizes", "64", "--methods", "flowedit,ode_inversion,rf_edit,kv_edit,dnaedit", "--steps", "4",
            "--repeats", "1", "--dtype", "float32", "--device", "cpu", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
@@ -33,6 +33,8 @@ def test_speed_benchmark_counts_calls_and_re_edits(tmp_path):
         # loop does besides model calls is counted exactly by the test below.
         assert rows[name]["overhead"] > 0
     assert rows["ode_inversion re-edit"]["calls"] == rows["ode_inversion"]["calls"] // 2
+    k = 4 - editflow.METHODS["dnaedit"].params.for_family("flux", steps=4).t_start  # re-edit: the K target calls
+    assert (rows["dnaedit"]["calls"], rows["dnaedit re-edit"]["calls"], rows["dnaedit re-edit"]["rows"]) == (2 * k, k, k)
     assert rows["rf_edit"]["store_bytes"] > 0
     # FLUX.1-dev: 18 of 38 single blocks store V (ours: 1 of 2), width 3072 (ours 128), bf16 (ours fp32)
     assert rows["rf_edit"]["store_bytes_flux_dev"] == int(rows["rf_edit"]["store_bytes"] * 18 / 1 * 3072 / 128 * 2 / 4)
@@ -52,7 +54,7 @@ def test_an_edit_encodes_each_prompt_once_and_the_image_once():
         module.register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
     image = Image.new("RGB", (64, 64), (200, 30, 30))
     for k, method in enumerate(("flowedit", "ode_inversion", "rf_edit", "fireflow", "kv_edit", "stable_flow",
-                                "dit4edit", "rf_inversion")):
+                                "dit4edit", "rf_inversion", "uniedit", "dnaedit", "flowalign")):  # "" is cached by now
         before = dict(counts)
         mask = Image.new("L", (64, 64), 255) if method == "kv_edit" else None
         extra = {"layers": "double.0"} if method == "stable_flow" else {}

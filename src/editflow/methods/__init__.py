@@ -5,19 +5,24 @@ NFE formula, citation). Importing this package registers them all.
 """
 
 from . import (  # noqa: F401  (registration)
-    dit4edit, fireflow, flowedit, kv_edit, ode_inversion, personalize_anything, rf_edit, rf_inversion, stable_flow,
+    dit4edit, dnaedit, fireflow, flowalign, flowedit, kv_edit, ode_inversion, personalize_anything, rf_edit, rf_inversion,
+    stable_flow, uniedit,
 )
 from .base import METHODS, EditRequest, Method, MethodParams, SubjectTokens, get_method
 from .dit4edit import DiT4EditParams
+from .dnaedit import DNAEditParams
 from .fireflow import FireFlowParams
+from .flowalign import FlowAlignParams
 from .flowedit import FlowEditParams
 from .kv_edit import KVEditParams
 from .ode_inversion import ODEInversionParams
 from .rf_edit import RFEditParams
 from .rf_inversion import RFInversionParams
 from .stable_flow import StableFlowParams
+from .uniedit import UniEditParams
 
 __all__ = [
-    "METHODS", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowEditParams", "KVEditParams", "Method", "MethodParams", "ODEInversionParams",
-    "RFEditParams", "RFInversionParams", "StableFlowParams", "SubjectTokens", "get_method",
+    "METHODS", "DNAEditParams", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowAlignParams", "FlowEditParams",
+    "KVEditParams", "Method", "MethodParams", "ODEInversionParams", "RFEditParams", "RFInversionParams",
+    "StableFlowParams", "SubjectTokens", "UniEditParams", "get_method",
 ]

@@ -91,6 +91,14 @@ class FlowEditParams(MethodParams):
             raise ParameterError(f"parameter 'n_avg' must be >= 1, got {self.n_avg}")
 
 
+def coupled_pair(x_src: torch.Tensor, z: torch.Tensor, t: float, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlowEdit's coupled points at time ``t``: ``Z^src = (1 - t) X^src + t N`` and
+    ``Z^tar = Z^src + (Z - X^src)``, which is exactly ``Z^src`` while ``Z = X^src`` (shared with
+    FlowAlign)."""
+    z_src = (1 - t) * x_src + t * noise
+    return z_src, z_src + (z - x_src)
+
+
 def flowedit_nfe(p: FlowEditParams) -> NFE:
     edit_steps = p.n_max - p.n_min
     return NFE(calls=edit_steps + p.n_min, rows=2 * p.n_avg * edit_steps + p.n_min)
@@ -111,8 +119,7 @@ def flowedit(model: FlowModel, req: EditRequest, p: FlowEditParams, generator: t
         t, t_next = float(ts[i]), float(ts[i + 1])
         rows = []
         for _ in range(p.n_avg):
-            z_src = (1 - t) * x_src + t * model.noise(req.grid, generator)
-            rows += [z_src, z_src + (z_fe - x_src)]
+            rows += coupled_pair(x_src, z_fe, t, model.noise(req.grid, generator))
         v = model.velocity(torch.cat(rows), t, pair, req.grid, guidance=guidance)
         v_delta = (v[1::2] - v[0::2]).mean(dim=0, keepdim=True)
         z_fe = z_fe + (t_next - t) * v_delta

@@ -31,10 +31,27 @@ call, which gives the same K/V bit for bit with one step in memory, at ``3 (T - 
 
 Defaults for FLUX.1-dev (the reference's Gradio demo): 28 steps, skip 4, inversion guidance 1.5,
 editing guidance 5.5, re_init and attn_mask off. Masks map to tokens with the "any pixel" rule
-(the reference marks a token foreground if any of its latent entries is). Deviations: the
-reference inverts all 28 steps (for re-use across edits) while a single editflow edit inverts
-only the 24 it uses; it re-blends partially covered latent entries inside boundary tokens, while
-editflow's masks are whole tokens; its ``attn_scale`` bias on background keys is not built.
+(the reference marks a token foreground if any of its latent entries is).
+
+Deviations from the released code (Xilluill/KV-Edit @77129a23, ``flux/sampling.py`` ``denoise_kv``,
+``models/kv_edit.py`` ``inverse`` / ``denoise``, ``gradio_kv_edit.py``):
+
+* The editing start. The reference's inversion stores each step's latent *before* the step, under
+  the step's noisier time, and the editing pass looks up the latent stored under the last time it
+  saw. editflow starts editing at ``ts[skip]`` from the inverted latent at ``ts[skip]``. The
+  released code starts from another time's latent: its ``forward`` (script) path from the latent
+  at ``ts[skip+1]``, one step cleaner than its time; its Gradio demo, which inverts all ``T`` steps
+  once (``skip_step=0``) and then edits from ``ts[skip]``, from the latent at ``ts[1]``: ``skip - 1``
+  steps noisier than its time (3 with the defaults). Before commit 77129a2 the script was exact and
+  the demo started from the fully inverted latent. ``start="reference"`` reproduces the script,
+  ``start="gradio"`` the demo's first edit after inverting (the ``skip - 1`` extra inversion steps
+  cache nothing; the released demo also makes a ``T``-th inversion call whose result nothing
+  reads, which editflow skips). The background K/V pairing is the reference's in every mode: an
+  editing step reads the K/V stored by the inversion step over the same interval.
+* A single editflow edit inverts only the ``T - skip`` steps it uses (the demo inverts all ``T``,
+  for re-use across edits); the reference re-blends partially covered latent entries inside
+  boundary tokens, while editflow's masks are whole tokens; its ``attn_scale`` bias on background
+  keys is not built.
 """
 
 from __future__ import annotations
@@ -51,6 +68,7 @@ from ..models.base import NFE, FlowModel
 from ..solvers import euler, inversion_times
 from .base import EditRequest, MethodParams, register, required_mask
 
+STARTS = ("editflow", "reference", "gradio")
 PAPER = ("Zhu et al., KV-Edit: Training-Free Image Editing for Precise Background Preservation, "
          "arXiv 2502.17363 (ICCV 2025)")
 
@@ -61,7 +79,9 @@ class KVEditParams(MethodParams):
     target_guidance: guidance of inversion / editing. re_init: start the foreground from fresh
     noise (object removal). attn_mask: keep foreground and background apart while inverting.
     inversion_free: the O(1)-memory variant. offload: keep the cache in CPU memory. replay: keep
-    only the inversion's latents and recompute each step's background K/V when editing."""
+    only the inversion's latents and recompute each step's background K/V when editing. start:
+    editing's first latent, editflow (the inverted latent at its time), reference (the released
+    script's, one step cleaner) or gradio (the released demo's, the latent at ts[1])."""
 
     FAMILIES: ClassVar[tuple[str, ...]] = ("flux",)  # token-subset calls with FLUX position ids
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=28, skip=4, source_guidance=1.5, target_guidance=5.5)}
@@ -76,15 +96,23 @@ class KVEditParams(MethodParams):
     inversion_free: bool = False
     offload: bool = False
     replay: bool = False
+    start: str = "editflow"
 
     def validate(self) -> None:
         super().validate()
         if not 0 <= self.skip < self.steps:
             raise ParameterError(f"parameter 'skip' must be in [0, steps), got skip={self.skip}, steps={self.steps}")
+        if self.start not in STARTS:
+            raise ParameterError(f"parameter 'start' must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if self.inversion_free and self.start != "editflow":
+            raise ParameterError("parameter 'start' picks an inverted latent, and inversion_free inverts nothing: "
+                                 "drop one of them")
 
 
 def kv_edit_nfe(p: KVEditParams) -> NFE:
     n = (3 if p.replay and not p.inversion_free else 2) * (p.steps - p.skip)
+    if p.start == "gradio":
+        n += max(p.skip - 1, 0)  # inverting on from ts[skip] up to ts[1]
     return NFE(calls=n, rows=n)
 
 
@@ -112,7 +140,9 @@ def kv_edit(model: FlowModel, req: EditRequest, p: KVEditParams, generator: torc
                 z_start = euler(source, x, up, callback=lambda i, t, z: trajectory.append(z))
                 kv.caching = True
             else:
-                z_start = euler(source, x, up, callback=kv.step_callback(up))
+                step = kv.step_callback(up)
+                z_start = euler(source, x, up, callback=lambda i, t, z: (step(i, t, z), trajectory.append(z)))
+            z_start = _start(model, req, p, source, kv, z_start, trajectory)
             z_fg = z_start[:, fg_idx]
             if p.re_init:
                 t0 = float(ts[0])
@@ -127,6 +157,21 @@ def kv_edit(model: FlowModel, req: EditRequest, p: KVEditParams, generator: torc
     out = x.clone()
     out[:, fg_idx] = z_fg
     return out
+
+
+def _start(model, req, p: KVEditParams, source, kv, z_end: torch.Tensor, trajectory: list[torch.Tensor]) -> torch.Tensor:
+    """Editing's first latent: the inverted one at ``ts[skip]`` (editflow), the one before the last
+    inversion step (the released script), or the one at ``ts[1]`` (the released demo: inverting on
+    without caching when ``skip >= 2``; for ``skip = 0`` it is the one before the last step)."""
+    if p.start == "editflow" or (p.start == "gradio" and p.skip == 1):
+        return z_end
+    if p.start == "reference" or p.skip == 0:
+        return trajectory[-1]
+    full = model.schedule(p.steps, req.grid)
+    caching, kv.caching = kv.caching, False
+    z = euler(source, z_end, inversion_times(full[1:p.skip + 1]))
+    kv.caching = caching
+    return z
 
 
 def _replaying(kv, store, source, up, trajectory, step):

@@ -23,10 +23,20 @@ start = 0, stop = 0.25 (7 of 28 steps), no eta decay (power 1), inversion with t
 and guidance 0, editing guidance 3.5. The paper's Table 4 tunes (start, stop, eta) per task,
 e.g. object insertion (0, 6, 1.0), stylisation (0, 6, 0.9), glasses (6, 25, 0.7).
 
-Deviations: the reference feeds the model the unshifted time ``i / T`` and uses it in ``u_cond``
-while stepping with FLUX's shifted times, so the time the model sees lags the latent's noise
-level; editflow uses the shifted schedule throughout. The reference encodes the source with
-``latent_dist.sample()``; editflow's adapters use the posterior mode (deterministic).
+Deviation (diffusers ``examples/community/pipeline_flux_rf_inversion.py`` @58eb52c0, ``invert``;
+its loop is unchanged since c9e4fab): the pipeline's inversion step ``i = 0 ... T-1`` calls the model
+and forms ``u_cond`` at time ``i / (T + 1)`` (``T + 1 = len(scheduler.sigmas)``, the final 0
+included; at most ``(T - 1) / (T + 1)``, 0.931 for 28 steps; made in the latent's dtype, so bf16
+rounds it) and steps by ``ts[i] - ts[i+1]``: the shifted schedule's step sizes in denoising order,
+so the small steps come first at the data end and the latent's own noise level after ``i`` steps
+is ``1 - ts[i]``, which the model's time runs ahead of (0.48 against 0.24 halfway at 1024^2).
+editflow inverts along the shifted schedule backwards (model time = the latent's time ``ts[T-i]``,
+step ``ts[T-i-1] - ts[T-i]``). ``inversion_times="reference"`` reproduces the pipeline (its time
+rounded to the model's dtype as there); the editing pass is the pipeline's in both modes
+(``__call__``: model time ``ts[i]``, ``v_cond = (X - y0) / ts[i]``, eta on
+``int(start T) <= i < min(int(stop T), T)``). The pipeline draws ``y1`` with ``randn_like`` from the
+global generator and encodes the source with ``latent_dist.sample()``; editflow draws ``y1`` from
+the edit's generator and its adapters encode with the posterior mode (deterministic).
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from ..solvers.controlled import controlled_reverse, toward_noise
 from .base import EditRequest, MethodParams, register
 from .cache import inverted
 
+INVERSION_TIMES = ("editflow", "reference")
 PAPER = ("Rout et al., Semantic Image Inversion and Editing using Rectified Stochastic Differential "
          "Equations, arXiv 2410.10792 (ICLR 2025)")
 
@@ -53,7 +64,8 @@ class RFInversionParams(MethodParams):
     towards the source latent. start, stop: fractions of the steps (from the noise end) where eta
     acts. decay_eta, eta_decay_power: eta_i *= (1 - i/T)^power. sde: stochastic editing (Eq. 17).
     source_guidance, target_guidance: guidance of the two passes. use_source_prompt: invert with
-    the source prompt instead of the empty one."""
+    the source prompt instead of the empty one. inversion_times: editflow (the shifted schedule
+    backwards) or reference (the diffusers pipeline's times i / (T + 1), step sizes reversed)."""
 
     FAMILY_DEFAULTS: ClassVar[dict] = {"flux": dict(steps=28, target_guidance=3.5)}
 
@@ -68,9 +80,13 @@ class RFInversionParams(MethodParams):
     source_guidance: float = 0.0
     target_guidance: float = 3.5
     use_source_prompt: bool = False
+    inversion_times: str = "editflow"
 
     def validate(self) -> None:
         super().validate()
+        if self.inversion_times not in INVERSION_TIMES:
+            raise ParameterError(f"parameter 'inversion_times' must be one of {', '.join(INVERSION_TIMES)}, "
+                                 f"got {self.inversion_times!r}")
         for name in ("gamma", "eta"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ParameterError(f"parameter {name!r} must be in [0, 1], got {getattr(self, name)}")
@@ -100,7 +116,13 @@ def invert(model: FlowModel, req: EditRequest, p: RFInversionParams, y1: torch.T
     ts = model.schedule(p.steps, req.grid)
     src = model.encode_prompt(req.source_prompt if p.use_source_prompt else "")
     u = toward_noise(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance), y1, p.gamma)
-    return euler(u, req.x_src.float(), inversion_times(ts))
+    if p.inversion_times == "editflow":
+        return euler(u, req.x_src.float(), inversion_times(ts))
+    z = req.x_src.float()
+    for i in range(p.steps):  # the pipeline: time i / (T + 1) in the latent's dtype, step ts[i] - ts[i+1]
+        s = float(torch.tensor(i / (p.steps + 1), dtype=model.dtype))
+        z = z + float(ts[i] - ts[i + 1]) * u(z, s)
+    return z
 
 
 def edit_from(model: FlowModel, req: EditRequest, p: RFInversionParams, z1: torch.Tensor,
@@ -117,5 +139,5 @@ def rf_inversion(model: FlowModel, req: EditRequest, p: RFInversionParams, gener
     """Controlled ODE inversion towards fixed noise, controlled ODE/SDE editing towards the source."""
     y1 = model.noise(req.grid, generator).float()
     z1 = inverted(model, req, "rf_inversion", lambda: invert(model, req, p, y1), steps=p.steps, gamma=p.gamma,
-                  use_source_prompt=p.use_source_prompt, guidance=p.source_guidance, y1=y1)
+                  use_source_prompt=p.use_source_prompt, guidance=p.source_guidance, y1=y1, times=p.inversion_times)
     return edit_from(model, req, p, z1, generator)

@@ -13,6 +13,8 @@ nudging.
 | fireflow | 2 | N + 1 | Deng et al. 2025 (FireFlow) |
 | dpmpp_2m | 2 | N; inversion (iters + 1) N (+1) | Lu et al. 2022; Hong et al. 2024; DiT4Edit |
 | dpmpp_2m_explicit | 2 | N | the explicit 2M formula in both directions |
+| uni_inv | 1 (its round trip with Euler: 2) | N; inversion N + 1 | Jiao et al. 2025 (UniEdit-Flow) |
+| fixed_point | 1 | N; inversion 3N | Xu et al. 2025 (FTEdit: averaged fixed-point inversion of Euler sampling) |
 | nudged_<name> | as base | as base | Avrahami et al. 2024 (Stable Flow) |
 """
 
@@ -22,9 +24,11 @@ from ..errors import ParameterError
 from .base import Solver, StepCallback, is_inversion
 from .dpm_solver import dpmpp_2m, dpmpp_2m_explicit, dpmpp_2m_nfe
 from .euler import euler
+from .fixed_point import fixed_point, fixed_point_nfe
 from .fireflow import fireflow
 from .nudging import LAMBDA, nudged
 from .rf_solver import rf_solver
+from .uni_inv import uni_inv, uni_inv_nfe
 
 SOLVERS: dict[str, Solver] = {
     s.name: s
@@ -39,6 +43,11 @@ SOLVERS: dict[str, Solver] = {
                "as used by DiT4Edit, arXiv 2411.03286"),
         Solver("dpmpp_2m_explicit", dpmpp_2m_explicit, 2, lambda n, inverse, from_noise: n,
                "Lu et al., DPM-Solver++, arXiv 2211.01095 (explicit formula in both directions)"),
+        Solver("fixed_point", fixed_point, 1, fixed_point_nfe,
+               "Xu et al., Unveil Inversion and Invariance in Flow Transformer for Versatile Image Editing, "
+               "arXiv 2411.15843 (FTEdit: averaged fixed-point inversion of Euler sampling)"),
+        Solver("uni_inv", uni_inv, 1, uni_inv_nfe,
+               "Jiao et al., UniEdit-Flow, arXiv 2504.13109 (Uni-Inv: predictor-corrector inversion of Euler sampling)"),
     )
 }
 
@@ -66,6 +75,6 @@ def get_solver(name: str) -> Solver:
 
 
 __all__ = [
-    "SOLVERS", "Solver", "StepCallback", "dpmpp_2m", "dpmpp_2m_explicit", "euler", "fireflow",
-    "get_solver", "inversion_times", "is_inversion", "nudged", "rf_solver",
+    "SOLVERS", "Solver", "StepCallback", "dpmpp_2m", "dpmpp_2m_explicit", "euler", "fireflow", "fixed_point",
+    "get_solver", "inversion_times", "is_inversion", "nudged", "rf_solver", "uni_inv",
 ]
