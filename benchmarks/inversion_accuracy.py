@@ -36,7 +36,7 @@ from editflow.models.base import Cond
 from editflow.solvers import get_solver, inversion_times
 from editflow.train.data import HELD_OUT_NAMESPACE, scene_rng
 
-SOLVERS = ["euler", "nudged_euler", "rf_solver", "fireflow", "dpmpp_2m", "dpmpp_2m_explicit"]
+SOLVERS = ["euler", "nudged_euler", "rf_solver", "fireflow", "dpmpp_2m", "dpmpp_2m_explicit", "uni_inv", "fixed_point"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -38,7 +38,7 @@ from editflow.methods.cache import InversionCache
 from editflow.methods.rf_edit import shared_of
 
 FULL_METHODS = ["flowedit", "ode_inversion", "rf_inversion", "rf_edit", "fireflow", "dit4edit", "stable_flow",
-                "personalize_anything", "kv_edit", "uniedit", "dnaedit", "flowalign"]
+                "personalize_anything", "kv_edit", "uniedit", "dnaedit", "flowalign", "ftedit"]
 FLUX_DEV_LAYERS = {"double": 19, "single": 38, "width": 24 * 128}
 
 
@@ -156,7 +156,7 @@ def measure(model, name: str, size: int, args, bare: dict) -> list[dict]:
                "store_bytes": stats.get("feature_store_peak_bytes")}
         row["store_bytes_flux_dev"] = store_at_flux_dev(model, name, p, row["store_bytes"], x.new_zeros(0, dtype=model.dtype).element_size())
         out.append(row)
-        if name in ("ode_inversion", "rf_inversion", "uniedit", "dnaedit") and not label:
+        if name in ("ode_inversion", "rf_inversion", "uniedit", "dnaedit", "ftedit") and not label:
             cache = InversionCache()
             run_once(model, m, req_args, p, 0, cache)
             target = (x, grid, req_args[2], "a green circle on a gray background", None)

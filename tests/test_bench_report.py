@@ -99,3 +99,21 @@ def test_paired_differences_pick_the_best_method_and_test_against_baselines():
     mean, half, n = next(d[1:] for d in diffs if d[0] == "b")
     assert n == 3 and half == pytest.approx(4.303 * np.std([few[i]["metrics"]["psnr_bg"] - few[i + 3]["metrics"]["psnr_bg"]
                                                             for i in range(3)], ddof=1) / np.sqrt(3))
+
+
+def test_differences_against_a_named_row_are_row_minus_it():
+    from editflow.bench.report import against, against_markdown
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(30, 10, size=20)
+    rows = [{"key": f"{m}{i}", "item": str(i), "method": m, "params": {}, "baseline": False,
+             "metrics": {"psnr_bg": v + shift}} for m, shift in (("flowedit", 0.0), ("new", 2.0), ("old", -1.0))
+            for i, v in enumerate(base)]
+    by = {label: (mean, half, n) for label, mean, half, n in against(rows, "psnr_bg", "flowedit")}
+    assert set(by) == {"new", "old"} and by["new"][0] == pytest.approx(2.0) and by["old"][0] == pytest.approx(-1.0)
+    assert by["new"][2] == 20 and by["new"][1] < 1e-9
+    text = against_markdown(rows, ["psnr_bg"], "flowedit")
+    assert "| new | +2 |" in text and "row minus flowedit" in text
+    assert against(rows, "clip_t", "flowedit") is None
+    with pytest.raises(EditflowError, match="--against 'fe' names no row of this run: use one of flowedit"):
+        against_markdown(rows, ["psnr_bg"], "fe")

@@ -1,4 +1,4 @@
-"""The 2025 methods (UniEdit-Flow, DNAEdit, FlowAlign): counted NFE, the identities their math
+"""The 2025 methods (UniEdit-Flow, DNAEdit, FlowAlign, FTEdit): counted NFE, the identities their math
 gives, transcriptions of the released update lines, determinism, and where they run."""
 
 import numpy as np
@@ -106,14 +106,20 @@ def test_uniedit_step_is_the_released_update(family):
     z = x + 0.5 * v(x + 0.5 * u0, "")
     vs, vt = v(z, "src"), v(z, "tar")
     g = vt - vs
-    if family == "flux":
-        a = g.abs().mean(-1, keepdim=True)
-    else:
-        a = g.view(1, 4, 2, 4).mean(2, keepdim=True)  # 2 latent channels x 2x2 pixels per token
-    m = (a - a.min()) / (a.max() - a.min())
-    m = m if family == "flux" else m.expand(1, 4, 2, 4).reshape(1, 4, 8)
     dt = -0.5
-    torch.testing.assert_close(out, z + 5.0 * dt * (1 + m) * g + dt * (m * vt + (1 - m) * vs))
+    if family == "flux":  # the fork: |g| averaged over a packed token's 64 values
+        a = g.abs().mean(-1, keepdim=True)
+        m = (a - a.min()) / (a.max() - a.min())
+        torch.testing.assert_close(out, z + 5.0 * dt * (1 + m) * g + dt * (m * vt + (1 - m) * vs))
+    else:  # the diffusers scheduler on SD3's unpacked latents [B, C, H, W]: signed g.mean(dim=1)
+        from diffusers import FluxPipeline
+
+        unpack = lambda t: FluxPipeline._unpack_latents(t, 32, 32, 8)  # noqa: E731  [1, 2, 4, 4]
+        G, Z, VS, VT = (unpack(t) for t in (g, z, vs, vt))
+        a = G.mean(dim=1, keepdim=True)
+        m = (a - a.min()) / (a.max() - a.min() + 1e-7)
+        ref = Z + 5.0 * dt * (1 + m) * G + dt * (m * VT + (1 - m) * VS)
+        torch.testing.assert_close(unpack(out), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_velocity_mask_is_normalised_per_sample():
@@ -226,7 +232,7 @@ def test_flowalign_is_the_released_update(tiny, source_latent):
 # -- all three ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["uniedit", "dnaedit", "flowalign"])
+@pytest.mark.parametrize("name", ["uniedit", "dnaedit", "flowalign", "ftedit"])
 def test_same_seed_same_output(tiny, name):
     img = Image.fromarray((np.random.default_rng(4).random((48, 64, 3)) * 255).astype(np.uint8))
     a = editflow.edit(tiny, img, "a red image", "a blue image", method=name, seed=5, steps=6)
@@ -234,10 +240,10 @@ def test_same_seed_same_output(tiny, name):
     c = editflow.edit(tiny, img, "a red image", "a blue image", method=name, seed=6, steps=6)
     assert torch.equal(a.latents, b.latents) and a.image.tobytes() == b.image.tobytes()
     assert a.nfe == get_method(name).expected_nfe(get_method(name).params.for_family("flux", steps=6))
-    assert torch.equal(a.latents, c.latents) == (name == "uniedit")  # UniEdit-Flow draws no noise
+    assert torch.equal(a.latents, c.latents) == (name in ("uniedit", "ftedit"))  # they draw no noise
 
 
-@pytest.mark.parametrize("name", ["uniedit", "dnaedit", "flowalign"])
+@pytest.mark.parametrize("name", ["uniedit", "dnaedit", "flowalign", "ftedit"])
 def test_unet_family_is_refused_before_any_model_call(name):
     unet = editflow.load_model("tiny-unet", device="cpu")
     img = Image.new("RGB", (64, 64), (10, 200, 30))
@@ -263,3 +269,151 @@ def test_on_sd3_the_rows_are_what_the_formulas_say():
     x = sd3.encode_image(editflow.images.to_tensor(img)).cpu()
     torch.testing.assert_close(same.latents, x, atol=1e-5, rtol=0)
     assert (fa.latents - x).abs().max() > 1e-3
+
+
+# -- FTEdit ------------------------------------------------------------------------------------
+
+FTEDIT = get_method("ftedit")
+
+
+@pytest.mark.parametrize("steps,skip,iterations", [(30, 0, 2), (6, 2, 3), (5, 0, 0)])
+def test_ftedit_nfe_is_the_formula(tiny, source_latent, steps, skip, iterations):
+    x, grid = source_latent
+    _, nfe, p = _run(FTEDIT, tiny, x, grid, "a red circle", "a blue square", steps=steps, skip=skip,
+                     iterations=iterations)
+    n = steps - skip
+    assert nfe == NFE(n * (iterations + 1) + n, n * (iterations + 1) + 2 * n) == FTEDIT.expected_nfe(p)
+    if steps == 30:
+        assert nfe.calls == 120  # the paper's count at its SD3.5 defaults
+
+
+def test_ftedit_without_controls_is_the_released_inversion_then_euler(tiny, source_latent):
+    """FlowFixPointResidual's inversion loop (fixed point from the current latent at the step's
+    noisier time, the evaluated velocities averaged), transcribed; with the controls off the target
+    row is Euler sampling from its top at the editing guidance."""
+    x, grid = source_latent
+    out, _, p = _run(FTEDIT, tiny, x, grid, "a red circle", "a red circle", steps=6, invariance=0.0,
+                     value_injection=0.0)
+    ts = tiny.schedule(6, grid).tolist()
+    src = _v(tiny, "a red circle", grid, p.source_guidance)
+    z = x.clone()
+    for i in range(5, -1, -1):  # from ts[i + 1] (cleaner) to ts[i]
+        t_a, t_b = ts[i + 1], ts[i]
+        dt, guess, velocities = t_b - t_a, z, []
+        for _ in range(p.iterations + 1):
+            v = src(guess, t_b)
+            velocities.append(v)
+            guess = z + dt * v
+        z = z + dt * torch.stack(velocities[0:5]).mean(0)
+    reconstruction = euler(_v(tiny, "a red circle", grid, p.target_guidance), z, tiny.schedule(6, grid))
+    torch.testing.assert_close(out, reconstruction, atol=1e-5, rtol=0)
+    injected, _, _ = _run(FTEDIT, tiny, x, grid, "a red circle", "a red circle", steps=6, invariance=0.0,
+                          value_injection=0.5)
+    assert (injected - out).abs().max() > 1e-4  # the source row's V reaches the target (rows differ after step 0)
+    # AdaLN invariance: the target's shared tokens ("a", "circle", ...) take the source row's features
+    kept, _, _ = _run(FTEDIT, tiny, x, grid, "a red circle", "a blue circle", steps=6, value_injection=0.0)
+    free, _, _ = _run(FTEDIT, tiny, x, grid, "a red circle", "a blue circle", steps=6, value_injection=0.0,
+                      invariance=0.0)
+    assert (kept - free).abs().max() > 1e-4
+
+
+def test_token_alignment_is_prompt_to_prompts_refinement_mapper():
+    from editflow.attention.invariance import global_alignment, refinement_mapper
+
+    assert global_alignment([5, 7, 9, 1], [5, 8, 9, 1]) == [0, -1, 2, 3]  # a changed word is an insertion
+    assert global_alignment([5, 9, 1], [5, 6, 6, 9, 1]) == [0, -1, -1, 1, 2]
+    assert global_alignment([5, 6, 9, 1], [5, 9, 1]) == [0, 2, 3]  # a dropped word is skipped
+    mapper, alpha = refinement_mapper([5, 9, 1], [5, 6, 9, 1], 8)
+    assert mapper.tolist() == [0, 0, 1, 2, 4, 5, 6, 7] and alpha.tolist() == [True, False, True, True] + [True] * 4
+
+
+def test_text_invariance_replaces_aligned_text_rows_of_the_conditional_target_only():
+    from editflow.attention.context import AttentionContext
+    from editflow.attention.invariance import TextInvariance
+    from editflow.models.base import TokenGrid
+
+    mapper, alpha = torch.tensor([0, 0, 1, 2]), torch.tensor([True, False, True, True])
+    control = TextInvariance({"double.0"}, mapper, alpha, invariance_steps=2, value_steps=1)
+    control.phase = "edit"
+    q, k, v = (torch.randn(2, 4 + 3, 2, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    ctx = lambda step, uncond=False: AttentionContext("edit", step, 0.5, "double.0", 4, TokenGrid(16, 48, 1, 3),  # noqa: E731
+                                                      control.rows, uncond)
+    q1, k1, v1, _ = control.qkv(ctx(1), q, k, v, None)
+    for new, old in ((q1, q), (k1, k)):
+        assert torch.equal(new[0], old[0]) and torch.equal(new[1, 4:], old[1, 4:]) and torch.equal(new[1, 1], old[1, 1])
+        assert torch.equal(new[1, [0, 2, 3]], old[0, [0, 1, 2]])
+    assert torch.equal(v1[1, [0, 2, 3]], v[0, [0, 1, 2]]) and torch.equal(v1[1, 4:], v[1, 4:])
+    _, _, v0, _ = control.qkv(ctx(0), q, k, v, None)
+    assert torch.equal(v0[1], v[0])  # value injection while step < value_steps: every token
+    q3, _, v3, _ = control.qkv(ctx(1, uncond=True), q, k, v, None)
+    assert q3 is q and v3 is v
+    q4, _, v4, _ = control.qkv(ctx(5), q, k, v, None)
+    assert q4 is q and v4 is v
+
+
+def test_sd3_controls_are_told_the_cfg_half():
+    """Under CFG the SD3 adapter attends [negative; prompt] as two controlled calls; the context
+    says which, so FTEdit's controls leave the negative-prompt half alone."""
+    from editflow.attention.context import AttentionControl
+    from editflow.models.base import TokenGrid
+
+    sd3 = editflow.load_model("tiny-sd3", device="cpu")
+
+    class Spy(AttentionControl):
+        seen: list = []
+
+        def qkv(self, ctx, q, k, v, mask):
+            self.seen.append(ctx.unconditional)
+            return q, k, v, mask
+
+    grid = sd3.grid(64, 64)
+    z = torch.randn(1, grid.num_tokens, 64)
+    spy = Spy()
+    sd3.velocity(z, 0.5, sd3.encode_prompt("a"), grid, guidance=3.0, control=spy)
+    assert spy.seen[:2] == [True, False] and len(spy.seen) == 2 * len(sd3.attention_layers())
+    spy.seen.clear()
+    sd3.velocity(z, 0.5, sd3.encode_prompt("a"), grid, guidance=1.0, control=spy)
+    assert not any(spy.seen)
+
+
+def test_ftedit_source_row_and_control_windows(tiny, source_latent, monkeypatch):
+    """The source row of editing step i is the inverted latent at ts[i]; AdaLN invariance acts on
+    steps i < int(N invariance), value injection on i - skip < int(N value_injection) (the
+    reference's AdaLN counter counts skipped steps, its attention counter does not)."""
+    from editflow.attention.invariance import TextInvariance
+    from editflow.methods.cache import InversionCache
+
+    x, grid = source_latent
+    seen, calls = [], []
+    original = TextInvariance.qkv
+
+    def spy(self, ctx, q, k, v, mask):
+        q2, k2, v2, m2 = original(self, ctx, q, k, v, mask)
+        n = ctx.n_text
+        seen.append((ctx.step, not torch.equal(q2[1, :n], q[1, :n]), torch.equal(v2[1, n:], v2[0, n:])))
+        return q2, k2, v2, m2
+
+    monkeypatch.setattr(TextInvariance, "qkv", spy)
+    velocity = tiny.velocity
+
+    def record(z, t, cond, grid, guidance=None, control=None, tokens=None):
+        if control is not None:
+            calls.append((float(t), z[0].clone()))
+        return velocity(z, t, cond, grid, guidance=guidance, control=control, tokens=tokens)
+
+    monkeypatch.setattr(tiny, "velocity", record)
+    cache = InversionCache()
+    p = FTEDIT.params.for_family("flux", steps=8, skip=2, invariance=0.5, value_injection=0.25)
+    FTEDIT.run(tiny, EditRequest(x, grid, "a red circle", "a blue circle", cache=cache), p, None)
+    path = next(iter(cache.entries.values()))
+    ts = tiny.schedule(8, grid).tolist()
+    assert [t for t, _ in calls] == ts[2:8]
+    for i, (_, row) in zip(range(2, 8), calls):
+        assert torch.equal(row, path[8 - i][0])
+    layers = len([n for n in tiny.attention_layers() if n.startswith("double.")])
+    steps = [s for s, _, _ in seen[::layers]]
+    assert steps == list(range(2, 8))
+    invariance = {s for s, inv, _ in seen if inv}
+    injected = {s for s, _, val in seen if val}
+    assert invariance == {2, 3}  # int(8 x 0.5) = 4 steps counted from the noise end: 0, 1 (skipped), 2, 3
+    assert injected == {2, 3}  # int(8 x 0.25) = 2 steps counted from the first edited one

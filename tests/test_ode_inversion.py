@@ -72,7 +72,8 @@ def test_unknown_solver_is_rejected_before_any_work():
 
 
 @pytest.mark.parametrize("method,extra", [("ode_inversion", {}), ("rf_inversion", {}), ("dit4edit", {}),
-                                          ("stable_flow", {"layers": "single.0"}), ("uniedit", {}), ("dnaedit", {})])
+                                          ("stable_flow", {"layers": "single.0"}), ("uniedit", {}), ("dnaedit", {}),
+                                          ("ftedit", {})])
 def test_inversion_cache_reuses_the_inversion_for_a_new_target(tiny, method, extra):
     """A second edit of the same image and source prompt skips the inversion (fewer calls, the
     same result as without the cache); another source prompt or image misses."""

@@ -522,12 +522,14 @@ def bench_report_cmd(
     x: Optional[str] = typer.Option(None, "--x", help="Metric on the trade-off plot's x axis."),
     y: Optional[str] = typer.Option(None, "--y", help="Metric on its y axis."),
     grid: int = typer.Option(8, "--grid", help="Items in the image grid."),
+    against: Optional[str] = typer.Option(None, "--against",
+                                          help="A row (e.g. flowedit) every other row is compared with, item by item."),
 ) -> None:
     """Write DIR/report/: summary.md and .csv (mean ± 95% CI per method and category), plots, grid.png."""
     from .bench.report import report
 
     try:
-        path = report(str(run_dir), x, y, grid)
+        path = report(str(run_dir), x, y, grid, against_row=against)
     except EditflowError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path} and the plots and grid beside it", err=True)

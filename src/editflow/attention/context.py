@@ -18,7 +18,8 @@ class AttentionContext:
     (``None`` if it does not count). t: the model time of this call. layer: ``"double.{i}"`` or
     ``"single.{j}"``. n_text: text tokens, which come first in the joint sequence; the image
     tokens follow, laid out on ``grid``. rows: named batch rows (e.g. ``{"source": [0],
-    "target": [1]}``) as the method declared them.
+    "target": [1]}``) as the method declared them. unconditional: this is the negative-prompt half
+    of a classifier-free-guidance call (SD3, UNets), which controls acting on prompts skip.
     """
 
     phase: str
@@ -28,6 +29,7 @@ class AttentionContext:
     n_text: int
     grid: TokenGrid
     rows: dict[str, list[int]] = field(default_factory=dict)
+    unconditional: bool = False
 
     @property
     def kind(self) -> str:

@@ -46,13 +46,15 @@ def _rope(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 
 def controlled_attention(control: AttentionControl, layer: str, info: CallInfo, q: torch.Tensor, k: torch.Tensor,
-                         v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+                         v: torch.Tensor, mask: torch.Tensor | None, unconditional: bool = False) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v`` on ``[B, L, heads, d]`` with the control's hooks
     around it (:meth:`AttentionControl.qkv` before, :meth:`AttentionControl.output` after) where
-    it wants ``layer``; shared by every family's processor."""
+    it wants ``layer``; shared by every family's processor. ``unconditional``: the rows are a CFG
+    call's negative-prompt half."""
     ctx = None
     if control.wants(layer):
-        ctx = AttentionContext(control.phase, control.step, info.t, layer, info.n_text, info.grid, control.rows)
+        ctx = AttentionContext(control.phase, control.step, info.t, layer, info.n_text, info.grid, control.rows,
+                               unconditional)
         q, k, v, mask = control.qkv(ctx, q, k, v, mask)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=mask).transpose(1, 2)

@@ -17,7 +17,7 @@ image-only self-attention (``attn2`` of its dual-attention blocks) is left alone
 Under classifier-free guidance the adapter runs [unconditional; conditional] rows in one call;
 each half is attended separately, hooks included, so a control sees the rows as the method
 laid them out, twice per call (stateless controls only: one that stores features would store
-each layer twice).
+each layer twice); ``ctx.unconditional`` is true in the negative-prompt half.
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ class SD3ControlProcessor:
             if attn.norm_added_k is not None:
                 ek = attn.norm_added_k(ek)
             q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
-        attend = lambda *qkv: controlled_attention(self.control, self.layer, self.info, *qkv, attention_mask)  # noqa: E731
+        attend = lambda *qkv, uncond=False: controlled_attention(  # noqa: E731
+            self.control, self.layer, self.info, *qkv, attention_mask, unconditional=uncond)
         if self.halves == 1:
             out = attend(q, k, v)
-        else:  # each CFG half is a whole controlled attention call of the method's rows
-            out = torch.cat([attend(*(x.chunk(self.halves)[h] for x in (q, k, v))) for h in range(self.halves)])
+        else:  # each CFG half ([negative; prompt]) is a whole controlled attention call of the method's rows
+            out = torch.cat([attend(*(x.chunk(self.halves)[h] for x in (q, k, v)), uncond=h == 0)
+                             for h in range(self.halves)])
         out = out.flatten(2, 3).to(q.dtype)
         if not joint:
             return attn.to_out[1](attn.to_out[0](out))

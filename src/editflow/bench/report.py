@@ -20,7 +20,9 @@ Claims of "best" rest on paired differences: ``summary.md`` ends with, per headl
 best method's mean difference to every other row over the items both scored (mean and 95%
 half-width of the per-item differences, ``t_{0.975, n-1} s_d / sqrt(n)``), marked significant when
 that interval excludes zero and ``n >= MIN_PAIRED``. The best method is picked on the same data it
-is then compared on, which favours it slightly; the table says so.
+is then compared on, which favours it slightly; the table says so. ``--against METHOD`` adds the
+same table for every row minus a reference row named in advance (e.g. ``flowedit``), which has no
+such bias.
 """
 
 from __future__ import annotations
@@ -149,28 +151,72 @@ def paired_ci(diffs: list[float]) -> tuple[float, float, int]:
     return float(x.mean()), float(half), len(x)
 
 
-def paired(rows: list[dict], metric: str) -> tuple[str, list[tuple[str, float, float, int]]] | None:
-    """The best non-baseline row on ``metric`` (by mean, in the direction :data:`HEADLINE` gives)
-    and, for every other row, ``(label, mean(best - other), 95% half-width, n)`` over the items
-    both scored with finite values. None when no method scored ``metric``."""
-    sign = HEADLINE.get(metric, 1)
+def _per_item(rows: list[dict], metric: str) -> dict[str, dict[str, float]]:
+    """label -> item -> the finite values of ``metric``."""
     values: dict[str, dict[str, float]] = defaultdict(dict)
     for label, r in labelled(rows):
         v = _value(r["metrics"].get(metric))
         if math.isfinite(v):
             values[label][r["item"]] = v
+    return values
+
+
+def _differences(values: dict[str, dict[str, float]], anchor: str, sign: int = 1) -> list[tuple[str, float, float, int]]:
+    """``(label, mean(sign (anchor - other)), 95% half-width, n)`` for every other row, same items."""
+    out = []
+    for other in sorted(values, key=_order):
+        if other == anchor:
+            continue
+        common = sorted(set(values[anchor]) & set(values[other]))
+        mean, half, n = paired_ci([sign * (values[anchor][i] - values[other][i]) for i in common])
+        out.append((other, mean, half, n))
+    return out
+
+
+def paired(rows: list[dict], metric: str) -> tuple[str, list[tuple[str, float, float, int]]] | None:
+    """The best non-baseline row on ``metric`` (by mean, in the direction :data:`HEADLINE` gives)
+    and, for every other row, ``(label, mean(best - other), 95% half-width, n)`` over the items
+    both scored with finite values. None when no method scored ``metric``."""
+    sign = HEADLINE.get(metric, 1)
+    values = _per_item(rows, metric)
     methods = [lbl for lbl in values if not lbl.endswith("(baseline)")]
     if not methods:
         return None
     best = max(methods, key=lambda lbl: sign * float(np.mean(list(values[lbl].values()))))
-    out = []
-    for other in sorted(values, key=_order):
-        if other == best:
+    return best, _differences(values, best)
+
+
+def against(rows: list[dict], metric: str, reference: str) -> list[tuple[str, float, float, int]] | None:
+    """For every row but ``reference``: ``(label, mean(row - reference), 95% half-width, n)`` over
+    the items both scored. None when ``reference`` did not score ``metric``."""
+    values = _per_item(rows, metric)
+    if reference not in values:
+        return None
+    return _differences(values, reference, sign=-1)
+
+
+def _significant(mean: float, half: float, n: int) -> str:
+    return "yes" if n >= MIN_PAIRED and math.isfinite(half) and abs(mean) > half else "no"
+
+
+def against_markdown(rows: list[dict], names: list[str], reference: str) -> str:
+    labels = {label for label, _ in labelled(rows)}
+    if reference not in labels:
+        raise EditflowError(f"--against {reference!r} names no row of this run: use one of {', '.join(sorted(labels, key=_order))}")
+    out = [f"## Paired differences against {reference} (each row minus {reference}, same items)", "",
+           f"95% intervals from Student's t; significant = the interval excludes 0 with at least {MIN_PAIRED} items. "
+           f"{reference} was named before the run, not picked on these items.", ""]
+    for metric in (m for m in HEADLINE if m in names):
+        diffs = against(rows, metric, reference)
+        if diffs is None:
             continue
-        common = sorted(set(values[best]) & set(values[other]))
-        mean, half, n = paired_ci([values[best][i] - values[other][i] for i in common])
-        out.append((other, mean, half, n))
-    return best, out
+        better = "higher" if HEADLINE[metric] > 0 else "lower"
+        out += [f"**{metric}** ({better} is better)", "",
+                f"| row | row minus {reference} | 95% CI | n | significant |", "| --- | --- | --- | --- | --- |"]
+        out += [f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {_significant(mean, half, n)} |"
+                for label, mean, half, n in diffs]
+        out.append("")
+    return "\n".join(out)
 
 
 def paired_markdown(rows: list[dict], names: list[str]) -> str:
@@ -186,8 +232,7 @@ def paired_markdown(rows: list[dict], names: list[str]) -> str:
         out += [f"**{metric}** ({better} is better): best method `{best}`", "",
                 "| row | best minus row | 95% CI | n | significant |", "| --- | --- | --- | --- | --- |"]
         for label, mean, half, n in diffs:
-            sig = "yes" if n >= MIN_PAIRED and math.isfinite(half) and abs(mean) > half else "no"
-            out.append(f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {sig} |")
+            out.append(f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {_significant(mean, half, n)} |")
         out.append("")
     return "\n".join(out)
 
@@ -279,7 +324,7 @@ def _grid(rows: list[dict], root: Path, folder: Path, n_items: int, cell: int = 
 
 
 def report(run_dir: str, x: str | None = None, y: str | None = None, grid_items: int = 8,
-           title: str | None = None) -> Path:
+           title: str | None = None, against_row: str | None = None) -> Path:
     root = Path(run_dir)
     rows = read_records(root) if root.exists() else []
     if not rows:
@@ -288,6 +333,8 @@ def report(run_dir: str, x: str | None = None, y: str | None = None, grid_items:
     folder = root / "report"
     folder.mkdir(exist_ok=True)
     text = markdown(names, table, title or f"Benchmark {root.name}: {len(rows)} edits") + "\n" + paired_markdown(rows, names)
+    if against_row is not None:
+        text += "\n" + against_markdown(rows, names, against_row)
     _write(folder / "summary.md", text)
     _write(folder / "summary.csv", csv_text(names, table))
     _plots(names, table, folder, x, y)

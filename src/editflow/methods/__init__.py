@@ -5,8 +5,8 @@ NFE formula, citation). Importing this package registers them all.
 """
 
 from . import (  # noqa: F401  (registration)
-    dit4edit, dnaedit, fireflow, flowalign, flowedit, kv_edit, ode_inversion, personalize_anything, rf_edit, rf_inversion,
-    stable_flow, uniedit,
+    dit4edit, dnaedit, fireflow, flowalign, flowedit, ftedit, kv_edit, ode_inversion, personalize_anything, rf_edit,
+    rf_inversion, stable_flow, uniedit,
 )
 from .base import METHODS, EditRequest, Method, MethodParams, SubjectTokens, get_method
 from .dit4edit import DiT4EditParams
@@ -14,6 +14,7 @@ from .dnaedit import DNAEditParams
 from .fireflow import FireFlowParams
 from .flowalign import FlowAlignParams
 from .flowedit import FlowEditParams
+from .ftedit import FTEditParams
 from .kv_edit import KVEditParams
 from .ode_inversion import ODEInversionParams
 from .rf_edit import RFEditParams
@@ -22,7 +23,7 @@ from .stable_flow import StableFlowParams
 from .uniedit import UniEditParams
 
 __all__ = [
-    "METHODS", "DNAEditParams", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowAlignParams", "FlowEditParams",
+    "METHODS", "DNAEditParams", "DiT4EditParams", "EditRequest", "FireFlowParams", "FlowAlignParams", "FlowEditParams", "FTEditParams",
     "KVEditParams", "Method", "MethodParams", "ODEInversionParams", "RFEditParams", "RFInversionParams",
     "StableFlowParams", "SubjectTokens", "UniEditParams", "get_method",
 ]

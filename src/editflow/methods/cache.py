@@ -1,7 +1,7 @@
 """An inversion cache: re-editing the same image with a new target prompt skips the inversion.
 
 Methods whose inversion does not depend on the target prompt (ode_inversion, rf_inversion,
-dit4edit, stable_flow, uniedit, dnaedit) compute it through :func:`inverted`; when the request carries an
+dit4edit, stable_flow, uniedit, dnaedit, ftedit) compute it through :func:`inverted`; when the request carries an
 :class:`InversionCache`, the result is looked up by everything it depends on: the model, the
 method, the clean source tokens (hashed), the source prompt and the method's inversion parameters
 (and, for RF-Inversion and DNAEdit, their noise). A hit costs no model call and sets

@@ -20,7 +20,8 @@ After the first step the aligned noise puts ``x_hat`` at ``z + (b - a) v_src(pre
 Uni-Inv's predictor-corrector (:func:`editflow.solvers.uni_inv.predictor_corrector`) with the first
 velocity ``u_0 = eps - x^src`` (the interpolation velocity of the random noise) instead of a model
 call, and that is how it is computed here (equal to the code's form in exact arithmetic). Stored:
-``z_k``, ``x_hat_k`` and ``v_src_k`` for every time ``ts[k]``, ``k = s ... T``.
+``z_k`` for ``k = s ... T``, and ``x_hat_k``, ``v_src_k`` (the call that ended at ``ts[k]``) for
+``k = s ... T-1``.
 
 Mobile velocity guidance (editing, target prompt only), from ``y = z_s`` and the moving reference
 ``r = x^src``, for ``k = s ... T-1``, ``t = ts[k]``, ``t' = ts[k+1]``:
@@ -51,6 +52,8 @@ Deliberate differences from the released code:
 * On SD3 the code leaves the pipeline's CFG flag on while inverting with guidance 1, so each
   inversion call evaluates two identical conditional rows (108 rows at the defaults); editflow makes
   the one conditional row (81 rows: 27 + 2 x 27).
+* The code's pipelines run in fp16 and cast the state back every step; editflow's method states
+  are float32.
 """
 
 from __future__ import annotations

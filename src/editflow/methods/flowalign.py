@@ -41,8 +41,12 @@ would lose the source-as-negative term that defines the method, so it is not off
 Deliberate differences from the released code: ``p`` is computed as ``q + (Z - X^src)`` (the code:
 ``Z + q - X^src``; the same in exact arithmetic, bit-exact identity for equal prompts, as editflow's
 FlowEdit); the noise comes from the edit's generator (the code seeds the global one with 123); the
-code encodes the source with ``latent_dist.sample()``, editflow's adapters with the mean; ``n_max``
-(skip early steps, as FlowEdit) is an editflow extension whose default, ``T``, is the code's.
+code encodes the source with ``latent_dist.sample()``, editflow's adapters with the mean; the
+code encodes prompts with its own ``encode_prompt``, which cuts T5 at 77 tokens (154 text tokens
+in all), while editflow's SD3 adapter uses the pipeline's 256 (333; SD3's joint attention has no
+padding mask, so every velocity differs; ``SD3Adapter(pipe, max_sequence_length=77)`` reproduces
+the code's); ``n_max`` (skip early steps, as FlowEdit) is an editflow extension whose default,
+``T``, is the code's.
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ so the small steps come first at the data end and the latent's own noise level a
 is ``1 - ts[i]``, which the model's time runs ahead of (0.48 against 0.24 halfway at 1024^2).
 editflow inverts along the shifted schedule backwards (model time = the latent's time ``ts[T-i]``,
 step ``ts[T-i-1] - ts[T-i]``). ``inversion_times="reference"`` reproduces the pipeline (its time
-rounded to the model's dtype as there); the editing pass is the pipeline's in both modes
+rounded to the model's dtype as there), up to the rounding of the pipeline's bf16 arithmetic
+(``1 - t`` and the state in bf16, the editing time rounded as ``1000 t`` before dividing); the
+editing pass is the pipeline's in both modes
 (``__call__``: model time ``ts[i]``, ``v_cond = (X - y0) / ts[i]``, eta on
 ``int(start T) <= i < min(int(stop T), T)``). The pipeline draws ``y1`` with ``randn_like`` from the
 global generator and encodes the source with ``latent_dist.sample()``; editflow draws ``y1`` from

@@ -21,7 +21,8 @@ only the last ``K = round(alpha N)`` steps are inverted and edited (delayed inje
 64 values of a 2x2 latent patch), SD3 latent pixels (16 channels). The omega term is the paper's
 "correction" (up along v_src, down along v_tar) in closed form: no extra call. NFE =
 ``(K + 1) + K`` calls, ``(K + 1) + 2K = 3K + 1`` rows (the paper's ``3 alpha N + 1``; 15 steps,
-alpha 0.6: 19 calls, 28 rows). With equal prompts ``g = 0``, ``m = 0`` and the edit is Euler
+alpha 0.6: 19 calls, 28 rows). With equal prompts and equal guidances ``g = 0`` (where the
+backend computes equal rows of one batch equally), ``m = 0`` and the edit is Euler
 sampling with the source prompt from the inverted latent: the inversion's reconstruction (which is
 not the input: Uni-Inv inverts with the empty prompt, and its round trip is exact only to
 ``O(h^2)``).
@@ -46,7 +47,9 @@ Deliberate differences from the released code:
   pipelines do.
 * ``solver`` can replace Uni-Inv by any editflow inversion solver (``euler`` shows what Uni-Inv buys).
   ``invert_with_source_prompt=True`` is the fork's Gradio demo (``gradio_demo.py`` inverts with the
-  source prompt); the scripts invert with the empty prompt.
+  source prompt); the scripts invert with the empty prompt. The code's ``zero_init`` (the first
+  predictor without a call; off in every script) is not offered. The code runs fp16/bf16 states;
+  editflow's are float32.
 """
 
 from __future__ import annotations
@@ -114,9 +117,10 @@ def uniedit_nfe(p: UniEditParams) -> NFE:
 
 
 def velocity_mask(g: torch.Tensor, family: str, stat: str) -> torch.Tensor:
-    """Uni-Edit's mask ``m`` ``[B, N, 1]`` (FLUX tokens) or ``[B, N, C/4 -> 1, 4]``-shaped as ``g``
-    (SD3 latent pixels) from ``g = v_tar - v_src`` ``[B, N, C]``: the channel mean of ``|g|`` or ``g``
-    at each position the model sees, min-max normalised per sample; 0 where ``max = min``."""
+    """Uni-Edit's mask from ``g = v_tar - v_src`` ``[B, N, C]``: the channel mean of ``|g|`` or ``g``
+    at each position the model sees, min-max normalised per sample (0 where ``max = min``). FLUX:
+    ``[B, N, 1]``, one value per token; SD3: ``[B, N, C]``, one value per latent pixel, repeated
+    over its ``C / 4`` channels (a token packs 2x2 pixels, channel-major)."""
     b, n, c = g.shape
     a = g.abs() if stat == "abs" else g
     # SD3 sees latent pixels: a token packs 2x2 of them, channel-major (editflow.models.latent.pack_latents)

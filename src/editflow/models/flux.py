@@ -72,6 +72,12 @@ class FluxAdapter(LatentTokenAdapter):
 
         return named_blocks(self.transformer)
 
+    def text_segments(self, prompt: str) -> list[tuple[int, list[int]]]:
+        """The text tokens the transformer sees, as ``(length, token ids)`` segments: FLUX's one T5
+        segment of ``max_sequence_length`` (ids with their end token, before padding)."""
+        ids = self.pipe.tokenizer_2(prompt, max_length=self.max_sequence_length, truncation=True).input_ids
+        return [(self.max_sequence_length, list(ids))]
+
     # -- text ---------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> Cond:
         """T5 sequence + CLIP pooled embedding of one prompt, cached."""

@@ -48,6 +48,16 @@ class SD3Adapter(LatentTokenAdapter):
 
         return named_blocks(self.transformer)
 
+    def text_segments(self, prompt: str) -> list[tuple[int, list[int]]]:
+        """The text tokens the transformer sees, as ``(length, token ids)`` segments: the CLIPs' 77
+        (one tokenization, both CLIPs share its ids), then T5's ``max_sequence_length`` (no ids
+        when the pipeline has no T5: those tokens are zeros for every prompt)."""
+        clip = self.pipe.tokenizer(prompt, max_length=77, truncation=True).input_ids
+        t5_length = self.encode_prompt(prompt).embeds.shape[1] - 77  # diffusers < 0.36 pads a missing T5 to 77
+        t5 = [] if self.pipe.tokenizer_3 is None or self.pipe.text_encoder_3 is None else \
+            self.pipe.tokenizer_3(prompt, max_length=t5_length, truncation=True).input_ids
+        return [(77, list(clip)), (t5_length, list(t5))]
+
     def encode_prompt(self, prompt: str) -> Cond:
         """Both CLIPs and T5 for the prompt and the negative prompt, cached per prompt."""
 
