@@ -32,12 +32,12 @@ def _v(model, prompt, grid, guidance):
 
 
 @pytest.mark.parametrize("steps,alpha,solver", [(15, 0.6, "uni_inv"), (8, 0.6, "uni_inv"), (10, 1.0, "uni_inv"),
-                                                (6, 0.5, "euler"), (5, 0.0, "uni_inv")])
+                                                (6, 0.5, "euler"), (5, 0.2, "fireflow")])
 def test_uniedit_nfe_is_the_formula(tiny, source_latent, steps, alpha, solver):
     x, grid = source_latent
     _, nfe, p = _run(UNIEDIT, tiny, x, grid, "a red circle", "a blue square", steps=steps, alpha=alpha, solver=solver)
     k = round(alpha * steps)  # 15 x 0.6 -> 9 (the paper's 28 rows); 8 x 0.6 -> 5, as the FLUX fork rounds
-    inv = (k + 1 if k else 0) if solver == "uni_inv" else k
+    inv = k + 1 if solver in ("uni_inv", "fireflow") else k
     assert nfe == NFE(calls=inv + k, rows=inv + 2 * k) == UNIEDIT.expected_nfe(p)
     if (steps, alpha) == (15, 0.6):
         assert nfe == NFE(19, 28)
@@ -120,6 +120,13 @@ def test_uniedit_step_is_the_released_update(family):
         m = (a - a.min()) / (a.max() - a.min() + 1e-7)
         ref = Z + 5.0 * dt * (1 + m) * G + dt * (m * VT + (1 - m) * VS)
         torch.testing.assert_close(unpack(out), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_uniedit_refuses_an_alpha_that_edits_nothing():
+    with pytest.raises(ParameterError, match="alpha=0.05 of steps=5 rounds to no edited step"):
+        UNIEDIT.params.for_family("flux", steps=5, alpha=0.05)
+    with pytest.raises(ParameterError, match="'alpha' must be in"):
+        UNIEDIT.params.for_family("flux", alpha=0.0)
 
 
 def test_velocity_mask_is_normalised_per_sample():

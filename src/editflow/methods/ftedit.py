@@ -60,7 +60,7 @@ from typing import ClassVar
 import torch
 
 from ..attention.invariance import TextInvariance, segment_mapper
-from ..errors import ParameterError
+from ..errors import EditflowError, ParameterError
 from ..models.base import NFE, Cond, FlowModel
 from ..solvers import inversion_times
 from ..solvers.fixed_point import fixed_point
@@ -117,11 +117,25 @@ def controlled_layers(model: FlowModel) -> set[str]:
     return set(names[:-1])
 
 
+def aligned_text(model: FlowModel, req: EditRequest, src: Cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token alignment of the two prompts over the model's text tokens, checked before any
+    model call (an adapter without ``text_segments`` cannot run FTEdit)."""
+    if not hasattr(model, "text_segments"):
+        raise EditflowError(f"ftedit needs the model's text tokens, which {model.name} does not give: "
+                            "use a FLUX or SD3 adapter from editflow.load_model")
+    mapper, alpha = segment_mapper(model.text_segments(req.source_prompt), model.text_segments(req.target_prompt))
+    if mapper.numel() != src.embeds.shape[1]:
+        raise EditflowError(f"{model.name} attends to {src.embeds.shape[1]} text tokens but its tokenizers give "
+                            f"{mapper.numel()}: FTEdit's alignment cannot be built for this text encoder")
+    return mapper, alpha
+
+
 @register("ftedit", FTEditParams, ftedit_nfe, PAPER, peak_rows=lambda p, n: 2)
 def ftedit(model: FlowModel, req: EditRequest, p: FTEditParams, generator: torch.Generator) -> torch.Tensor:
     """Fixed-point inversion; editing beside the stored source path with AdaLN invariance control."""
     ts = model.schedule(p.steps, req.grid)
     src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
+    mapper, alpha = aligned_text(model, req, src)
     up = inversion_times(ts[p.skip:])
 
     def invert() -> list[torch.Tensor]:
@@ -132,7 +146,6 @@ def ftedit(model: FlowModel, req: EditRequest, p: FTEditParams, generator: torch
 
     path = inverted(model, req, "ftedit", invert, steps=p.steps, skip=p.skip, iterations=p.iterations,
                     guidance=p.source_guidance)
-    mapper, alpha = segment_mapper(model.text_segments(req.source_prompt), model.text_segments(req.target_prompt))
     control = TextInvariance(controlled_layers(model), mapper, alpha, int(p.steps * p.invariance),
                              int(p.steps * p.value_injection), value_offset=p.skip)
     pair = Cond.cat([src, tar])

@@ -141,7 +141,8 @@ def kv_edit(model: FlowModel, req: EditRequest, p: KVEditParams, generator: torc
                 kv.caching = True
             else:
                 step = kv.step_callback(up)
-                z_start = euler(source, x, up, callback=lambda i, t, z: (step(i, t, z), trajectory.append(z)))
+                keep = p.start != "editflow"  # the released starts pick an earlier latent of the path
+                z_start = euler(source, x, up, callback=lambda i, t, z: (step(i, t, z), keep and trajectory.append(z)))
             z_start = _start(model, req, p, source, kv, z_start, trajectory)
             z_fg = z_start[:, fg_idx]
             if p.re_init:

@@ -101,8 +101,11 @@ class UniEditParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ParameterError(f"parameter 'alpha' must be in [0, 1], got {self.alpha}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ParameterError(f"parameter 'alpha' must be in (0, 1], got {self.alpha}")
+        if self.edit_steps < 1:
+            raise ParameterError(f"alpha={self.alpha} of steps={self.steps} rounds to no edited step: "
+                                 "raise alpha or steps")
         if self.omega < 0:
             raise ParameterError(f"parameter 'omega' must be >= 0, got {self.omega}")
         if self.mask_stat not in MASK_STATS:
