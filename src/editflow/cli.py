@@ -83,6 +83,8 @@ def edit_cmd(
     cpu_offload: bool = typer.Option(False, "--cpu-offload",
                                      help="Keep the model in CPU memory, moving each part to the GPU when used."),
     attention: Optional[str] = typer.Option(None, "--attention", help="Attention backend: flash, efficient, math or cudnn."),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors to load, PATH or PATH:SCALE "
+                                             "(repeatable; FLUX and SD3; applies to every call of the edit)."),
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE "
                                               "(max_pixels, max_steps, max_nfe, ...; see the README)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
@@ -131,8 +133,11 @@ def edit_cmd(
         else:
             raise errors[0]
         backend = attention_backend(attention)  # a bad name fails before the model loads
+        from .models.lora import parse_lora
+
+        loras = [parse_lora(spec) for spec in lora or []]  # a missing or pickled file fails before the model loads
         adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
-                             progress=not quiet)
+                             progress=not quiet, lora=loras)
         if compile_model:
             adapter.denoiser.compile()
         if not quiet:

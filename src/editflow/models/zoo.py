@@ -281,6 +281,7 @@ def load_model(
     cpu_offload: bool = False,
     family: str | None = None,
     progress: bool = True,
+    lora=None,
 ):
     """Load a model and return its :class:`~editflow.models.base.FlowModel` adapter.
 
@@ -289,7 +290,9 @@ def load_model(
     to float32 for built-in models and on the CPU, bfloat16 for other models on CUDA; ``device``
     defaults to CUDA when present. ``family`` names the adapter for a folder or hub id whose
     pipeline class does not say it (a rectified-flow ``StableDiffusionPipeline``: ``"unet"``).
-    Weights load through safetensors only. ``progress=False`` hides the loading bars.
+    Weights load through safetensors only. ``progress=False`` hides the loading bars. ``lora``: LoRA
+    files to load into a FLUX or SD3 transformer, each ``"PATH"`` or ``"PATH:SCALE"`` (unfused, on
+    every call of an edit; :mod:`editflow.models.lora`).
 
     >>> model = load_model("tiny-flux")          # offline, random weights
     >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
@@ -298,6 +301,11 @@ def load_model(
     if not isinstance(name_or_path, str):
         raise ModelNotAvailableError(f"a model is named by a string (zoo name, folder or hub id), got "
                                      f"{type(name_or_path).__name__}")
+    from .lora import apply_loras, parse_lora
+
+    if isinstance(lora, (str, Path)):
+        lora = [lora]
+    loras = [parse_lora(spec) for spec in lora or []]  # bad files and scales fail before loading
     device = resolve_device(device)
     entry = ZOO.get(name_or_path)
     if entry is not None and entry.builtin:
@@ -325,6 +333,7 @@ def load_model(
             pipe = _load_hub_or_folder(source, torch_dtype)
         options = dict(entry.options) if entry is not None else {}
     pipe.set_progress_bar_config(disable=True)
+    apply_loras(pipe, loras)
     if cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload()
     else:
