@@ -154,18 +154,19 @@ def main() -> None:
     ap.add_argument("--n-guidance", type=int, default=50)
     ap.add_argument("--methods", default="flowedit,ode_inversion")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quantize", default=None, help="quantize the transformer (int8, fp8; editflow.models.quantize)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--compare", default=None)
     args = ap.parse_args()
 
-    model = editflow.load_model(args.model)
+    model = editflow.load_model(args.model, quantize=args.quantize)
     version = args.world_version
     if version is None:
         from editflow.models.zoo import trained_world_version
 
         version = trained_world_version(args.model)
     start = time.perf_counter()
-    report = {"model": args.model, "world_version": version, "size": args.size, "steps": args.steps,
+    report = {"model": args.model, "quantize": args.quantize, "world_version": version, "size": args.size, "steps": args.steps,
               "device": str(model.device), "guidance_distilled": bool(getattr(model, "guidance_distilled", False))}
     if args.n_t2i:
         values = [float(g) for g in args.guidance.split(",")] if report["guidance_distilled"] else [None]

@@ -36,6 +36,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time deprecation notice
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()
@@ -85,6 +86,10 @@ def edit_cmd(
     attention: Optional[str] = typer.Option(None, "--attention", help="Attention backend: flash, efficient, math or cudnn."),
     lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors to load, PATH or PATH:SCALE "
                                              "(repeatable; FLUX and SD3; applies to every call of the edit)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Quantize the transformer: int8 (torchao "
+                                           "weight-only) or fp8 (CUDA, Ada or newer)."),
+    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors (BFL/ComfyUI or diffusers "
+                                               "layout) or .gguf transformer replacing --model's."),
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE "
                                               "(max_pixels, max_steps, max_nfe, ...; see the README)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
@@ -136,8 +141,12 @@ def edit_cmd(
         from .models.lora import parse_lora
 
         loras = [parse_lora(spec) for spec in lora or []]  # a missing or pickled file fails before the model loads
+        if transformer is not None:
+            from .models.single_file import check_transformer_file
+
+            check_transformer_file(transformer)
         adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
-                             progress=not quiet, lora=loras)
+                             progress=not quiet, lora=loras, quantize=quantize, transformer=transformer)
         if compile_model:
             adapter.denoiser.compile()
         if not quiet:

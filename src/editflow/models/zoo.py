@@ -231,8 +231,9 @@ def loading_bars(progress: bool):
             tlogging.enable_progress_bar()
 
 
-def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
-    """``DiffusionPipeline.from_pretrained`` with safetensors enforced, one-line errors."""
+def _load_hub_or_folder(source: str, torch_dtype: torch.dtype, **parts):
+    """``DiffusionPipeline.from_pretrained`` with safetensors enforced, one-line errors; ``parts``:
+    components already loaded (a single-file transformer)."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
@@ -240,7 +241,7 @@ def _load_hub_or_folder(source: str, torch_dtype: torch.dtype):
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
     try:
-        return DiffusionPipeline.from_pretrained(source, use_safetensors=True, **{_DTYPE_KWARG: torch_dtype})
+        return DiffusionPipeline.from_pretrained(source, use_safetensors=True, **{_DTYPE_KWARG: torch_dtype}, **parts)
     except (OSError, ValueError, EnvironmentError) as exc:
         if Path(source).exists():
             raise ModelNotAvailableError(f"cannot load pipeline folder {source!r}: {str(exc).splitlines()[0]}") from exc
@@ -282,6 +283,8 @@ def load_model(
     family: str | None = None,
     progress: bool = True,
     lora=None,
+    quantize: str | None = None,
+    transformer: str | Path | None = None,
 ):
     """Load a model and return its :class:`~editflow.models.base.FlowModel` adapter.
 
@@ -292,7 +295,10 @@ def load_model(
     pipeline class does not say it (a rectified-flow ``StableDiffusionPipeline``: ``"unet"``).
     Weights load through safetensors only. ``progress=False`` hides the loading bars. ``lora``: LoRA
     files to load into a FLUX or SD3 transformer, each ``"PATH"`` or ``"PATH:SCALE"`` (unfused, on
-    every call of an edit; :mod:`editflow.models.lora`).
+    every call of an edit; :mod:`editflow.models.lora`). ``quantize``: ``"int8"`` (torchao int8
+    weight-only) or ``"fp8"`` (CUDA, Ada or newer) for the transformer (:mod:`editflow.models.quantize`).
+    ``transformer``: a ``.safetensors`` or ``.gguf`` file replacing the pipeline's transformer, the
+    rest coming from ``name_or_path`` (:mod:`editflow.models.single_file`).
 
     >>> model = load_model("tiny-flux")          # offline, random weights
     >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
@@ -302,12 +308,25 @@ def load_model(
         raise ModelNotAvailableError(f"a model is named by a string (zoo name, folder or hub id), got "
                                      f"{type(name_or_path).__name__}")
     from .lora import apply_loras, parse_lora
+    from .quantize import check_quantize, quantize_transformer
 
     if isinstance(lora, (str, Path)):
         lora = [lora]
     loras = [parse_lora(spec) for spec in lora or []]  # bad files and scales fail before loading
     device = resolve_device(device)
+    check_quantize(quantize, device)
+    from .single_file import check_transformer_file, load_transformer
+
+    transformer_file = None if transformer is None else check_transformer_file(transformer)
+    if quantize is not None and loras:
+        raise ModelNotAvailableError("LoRAs on a quantized transformer are not supported yet: drop --quantize or --lora")
     entry = ZOO.get(name_or_path)
+    if transformer_file is not None and entry is not None and entry.builtin:
+        if name_or_path != "shapes":
+            raise ModelNotAvailableError(f"{name_or_path} is built in memory, so a transformer file has no pipeline "
+                                         "folder to complete it: use a pipeline folder, a hub id or shapes")
+        entry = None
+        name_or_path = str(SHAPES_DIR)
     if entry is not None and entry.builtin:
         torch_dtype = _parse_dtype(dtype, entry.dtype)
         with loading_bars(progress):
@@ -330,10 +349,13 @@ def load_model(
         # bf16 on GPUs (as the checkpoints ship); float32 on the CPU, where bf16 is slow and coarse
         torch_dtype = _parse_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         with loading_bars(progress):
-            pipe = _load_hub_or_folder(source, torch_dtype)
+            parts = {} if transformer_file is None else {"transformer": load_transformer(transformer_file, source,
+                                                                                          torch_dtype)}
+            pipe = _load_hub_or_folder(source, torch_dtype, **parts)
         options = dict(entry.options) if entry is not None else {}
     pipe.set_progress_bar_config(disable=True)
     apply_loras(pipe, loras)
+    quantize_transformer(pipe, quantize)  # on the host, before the move: the device gets the quantized weights
     if cpu_offload and device.type == "cuda":
         pipe.enable_model_cpu_offload()
     else:
