@@ -95,3 +95,34 @@ def test_time_key_matches_midpoints_reached_from_either_side():
     a, b = 0.7371, 0.6023
     assert time_key(a + (b - a) / 2) == time_key(b + (a - b) / 2)
     assert time_key(0.5) != time_key(0.5001)
+
+
+def test_a_diffusers_attention_backend_is_kept_under_control_or_refused(monkeypatch):
+    """set_attention_backend on the transformer: controlled calls compute attention through
+    diffusers' dispatch with that backend (same result as torch's SDPA); one that cannot take the
+    control's mask is one clear error, and the model's own processors come back either way."""
+    import diffusers.models.attention_dispatch as dispatch
+    import numpy as np
+    from PIL import Image
+
+    import editflow
+    from editflow.errors import EditflowError
+
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True
+    kw = dict(method="kv_edit", steps=6, mask=mask, attn_mask=True)
+    plain = editflow.edit(editflow.load_model("tiny-flux", device="cpu"), image, "a red circle", "a blue square", **kw)
+    model = editflow.load_model("tiny-flux", device="cpu")
+    model.pipe.transformer.set_attention_backend("_native_math")
+    seen, original = [], dispatch.dispatch_attention_fn
+    monkeypatch.setattr(dispatch, "dispatch_attention_fn", lambda *a, **k: seen.append(k["backend"]) or original(*a, **k))
+    math = editflow.edit(model, image, "a red circle", "a blue square", **kw)
+    torch.testing.assert_close(math.latents, plain.latents, atol=1e-5, rtol=0)
+    assert len(seen) == 4 * len(model.attention_layers()) and {str(b.value) for b in seen} == {"_native_math"}
+    model.pipe.transformer.set_attention_backend("_native_flash")
+    with pytest.raises(EditflowError, match="the _native_flash attention backend set on this transformer cannot run "
+                                            "BackgroundKV's attention .*reset_attention_backend"):
+        editflow.edit(model, image, "a red circle", "a blue square", **kw)
+    processors = {type(block.attn.processor).__name__ for block in model.pipe.transformer.transformer_blocks}
+    assert processors == {"FluxAttnProcessor"}  # restored after the failed call

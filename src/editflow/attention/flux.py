@@ -16,6 +16,12 @@ Each processor recomputes what diffusers' ``FluxAttnProcessor`` computes, in the
 so with no control active the output equals diffusers' own (tested to < 1e-5). Layers are named
 ``double.{i}`` and ``single.{j}`` after the transformer's ``transformer_blocks`` and
 ``single_transformer_blocks`` lists (FLUX.1: 19 and 38).
+
+Attention backends: a backend set on the transformer with diffusers' ``set_attention_backend``
+(flash, sage, xformers, ...) is kept: the controlled processors compute the attention through
+diffusers' ``dispatch_attention_fn`` with that backend (the hooks see q, k, v before it). Without
+one they call torch's SDPA directly, as diffusers' native backend does. A backend that cannot take
+the attention mask a control adds (KV-Edit's ``attn_mask``) is one clear error.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import EditflowError
 from ..models.base import TokenGrid
 from .context import AttentionContext, AttentionControl
 
@@ -46,19 +53,38 @@ def _rope(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 
 def controlled_attention(control: AttentionControl, layer: str, info: CallInfo, q: torch.Tensor, k: torch.Tensor,
-                         v: torch.Tensor, mask: torch.Tensor | None, unconditional: bool = False) -> torch.Tensor:
+                         v: torch.Tensor, mask: torch.Tensor | None, unconditional: bool = False,
+                         backend=None) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v`` on ``[B, L, heads, d]`` with the control's hooks
     around it (:meth:`AttentionControl.qkv` before, :meth:`AttentionControl.output` after) where
     it wants ``layer``; shared by every family's processor. ``unconditional``: the rows are a CFG
-    call's negative-prompt half."""
+    call's negative-prompt half. ``backend``: the diffusers attention backend set on the model
+    (``None``: torch's SDPA)."""
     ctx = None
     if control.wants(layer):
         ctx = AttentionContext(control.phase, control.step, info.t, layer, info.n_text, info.grid, control.rows,
                                unconditional)
         q, k, v, mask = control.qkv(ctx, q, k, v, mask)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=mask).transpose(1, 2)
+    if backend is None:
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=mask).transpose(1, 2)
+    else:
+        out = _dispatched(q, k, v, mask, backend, type(control).__name__)
     return control.output(ctx, out) if ctx is not None else out
+
+
+def _dispatched(q, k, v, mask, backend, control: str) -> torch.Tensor:
+    """diffusers' ``dispatch_attention_fn`` on ``[B, L, heads, d]`` with ``backend``; a backend that
+    refuses the control's mask or inputs is one :class:`EditflowError`."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    try:
+        return dispatch_attention_fn(q, k, v, attn_mask=mask, backend=backend)
+    except (ValueError, RuntimeError, NotImplementedError) as exc:
+        name = getattr(backend, "value", backend)
+        raise EditflowError(f"the {name} attention backend set on this transformer cannot run {control}'s attention "
+                            f"({str(exc).splitlines()[0]}): call transformer.reset_attention_backend() or pick "
+                            "another backend") from None
 
 
 def _project(attn, hidden: torch.Tensor, added: bool):
@@ -75,6 +101,7 @@ class FluxControlProcessor:
 
     def __init__(self, layer: str, control: AttentionControl, info: CallInfo):
         self.layer, self.control, self.info = layer, control, info
+        self.backend = None  # the replaced processor's diffusers attention backend (set by swapped)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb=None) -> torch.Tensor:
@@ -89,7 +116,7 @@ class FluxControlProcessor:
         if image_rotary_emb is not None:
             q, k = _rope(q, image_rotary_emb), _rope(k, image_rotary_emb)
 
-        out = controlled_attention(self.control, self.layer, self.info, q, k, v, attention_mask)
+        out = controlled_attention(self.control, self.layer, self.info, q, k, v, attention_mask, backend=self.backend)
         out = out.flatten(2, 3).to(q.dtype)
         if not double:
             return out
@@ -122,12 +149,15 @@ def _set(attn, processor) -> None:
 
 @contextmanager
 def swapped(layers: list[tuple[str, object]], make_processor):
-    """Give every ``(name, attention module)`` the processor ``make_processor(name)``; restore
-    the originals on exit, also when the forward pass raises (shared by all families)."""
+    """Give every ``(name, attention module)`` the processor ``make_processor(name)``, which
+    inherits the replaced one's diffusers attention backend; restore the originals on exit, also
+    when the forward pass raises (shared by all families)."""
     originals = [attn.processor for _, attn in layers]
     try:
-        for name, attn in layers:
-            _set(attn, make_processor(name))
+        for (name, attn), original in zip(layers, originals):
+            processor = make_processor(name)
+            processor.backend = getattr(original, "_attention_backend", None)
+            _set(attn, processor)
         yield
     finally:
         for (_, attn), proc in zip(layers, originals):

@@ -33,6 +33,7 @@ class SD3ControlProcessor:
 
     def __init__(self, layer: str, control: AttentionControl, info: CallInfo, halves: int = 1):
         self.layer, self.control, self.info, self.halves = layer, control, info, halves
+        self.backend = None  # the replaced processor's diffusers attention backend (set by swapped)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args, **kwargs):
@@ -52,7 +53,7 @@ class SD3ControlProcessor:
                 ek = attn.norm_added_k(ek)
             q, k, v = torch.cat([eq, q], dim=1), torch.cat([ek, k], dim=1), torch.cat([ev, v], dim=1)
         attend = lambda *qkv, uncond=False: controlled_attention(  # noqa: E731
-            self.control, self.layer, self.info, *qkv, attention_mask, unconditional=uncond)
+            self.control, self.layer, self.info, *qkv, attention_mask, unconditional=uncond, backend=self.backend)
         if self.halves == 1:
             out = attend(q, k, v)
         else:  # each CFG half ([negative; prompt]) is a whole controlled attention call of the method's rows
