@@ -115,3 +115,22 @@ def test_a_shapes_models_training_config_gives_its_world_version_and_size(tmp_pa
     (tmp_path / "train_config.json").write_text("[1, 2]")
     with pytest.raises(EditflowError, match="not a readable training config"):
         trained_image_size(str(tmp_path))
+
+
+def test_krea_is_a_flux_entry_and_kontext_is_refused_before_loading(tmp_path):
+    import json
+
+    from editflow.models.zoo import ZOO, describe_models
+
+    assert ZOO["flux-krea-dev"].family == "flux" and ZOO["flux-krea-dev"].hub_id == "black-forest-labs/FLUX.1-Krea-dev"
+    assert {"flux-krea-dev", "flux-kontext-dev"} <= {row["name"] for row in describe_models()}
+    with pytest.raises(editflow.ModelNotAvailableError, match="flux-kontext-dev: FLUX.1-Kontext is an instruction editor "
+                                                             r"\(FluxKontextPipeline\).*second stream of image tokens"):
+        editflow.load_model("flux-kontext-dev", device="cpu")  # no download attempted: refused by name
+    folder = tmp_path / "kontext"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
+    with pytest.raises(editflow.ModelNotAvailableError, match="none of editflow's methods runs on it"):
+        editflow.load_model(str(folder), device="cpu")
+    with pytest.raises(editflow.ModelNotAvailableError, match="FluxKontextPipeline"):
+        editflow.models.zoo.model_family(str(folder))

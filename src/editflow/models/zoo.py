@@ -30,6 +30,7 @@ class ZooEntry:
     builder: Callable[[], Any] | None = None
     dtype: torch.dtype = torch.bfloat16
     options: dict = field(default_factory=dict)
+    refusal: str | None = None  # why editflow does not run this model (said before anything loads)
 
     @property
     def builtin(self) -> bool:
@@ -37,6 +38,13 @@ class ZooEntry:
 
 
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "assets" / "models" / "shapes"
+
+
+KONTEXT_REFUSAL = (
+    "FLUX.1-Kontext is an instruction editor (FluxKontextPipeline): its source image enters the transformer as a "
+    "second stream of image tokens beside the latent ones, which editflow's FLUX adapter does not feed, so none of "
+    "editflow's methods runs on it; edit with diffusers' FluxKontextPipeline itself, or use flux-dev / flux-krea-dev here")
+REFUSED_PIPELINES = {"FluxKontextPipeline": KONTEXT_REFUSAL}
 
 
 def _shapes() -> Any:
@@ -90,6 +98,10 @@ ZOO: dict[str, ZooEntry] = {
                  "rectified-flow UNet like InstaFlow; for tests: its output is noise", builder=_tiny("build_tiny_unet"),
                  dtype=torch.float32),
         ZooEntry("flux-dev", "flux", "FLUX.1-dev, guidance-distilled, 12B", hub_id="black-forest-labs/FLUX.1-dev"),
+        ZooEntry("flux-krea-dev", "flux", "FLUX.1-Krea-dev: a FLUX.1-dev fine-tune, the same FluxPipeline and guidance "
+                 "embedding (every FLUX method, FLUX.1-dev's defaults)", hub_id="black-forest-labs/FLUX.1-Krea-dev"),
+        ZooEntry("flux-kontext-dev", "flux", "FLUX.1-Kontext-dev: not run by editflow (its image enters as a second "
+                 "token stream)", hub_id="black-forest-labs/FLUX.1-Kontext-dev", refusal=KONTEXT_REFUSAL),
         ZooEntry(
             "flux-schnell",
             "flux",
@@ -321,6 +333,8 @@ def load_model(
     if quantize is not None and loras:
         raise ModelNotAvailableError("LoRAs on a quantized transformer are not supported yet: drop --quantize or --lora")
     entry = ZOO.get(name_or_path)
+    if entry is not None and entry.refusal:
+        raise ModelNotAvailableError(f"{name_or_path}: {entry.refusal}")
     if transformer_file is not None and entry is not None and entry.builtin:
         if name_or_path != "shapes":
             raise ModelNotAvailableError(f"{name_or_path} is built in memory, so a transformer file has no pipeline "
@@ -338,7 +352,9 @@ def load_model(
         source = entry.hub_id if entry is not None else name_or_path
         local = Path(source).expanduser()
         if local.exists():
-            read_model_index(local)
+            cls = read_model_index(local)["_class_name"]
+            if cls in REFUSED_PIPELINES:
+                raise _unsupported(source, cls)
             check_safetensors(local)
             source = str(local)
         elif entry is None and source.count("/") != 1:
@@ -381,6 +397,8 @@ def model_family(name_or_path: str) -> str:
 
 
 def _unsupported(name: str, cls: str) -> ModelNotAvailableError:
+    if cls in REFUSED_PIPELINES:
+        return ModelNotAvailableError(f"{name}: {REFUSED_PIPELINES[cls]}")
     return ModelNotAvailableError(f"{name}: pipeline class {cls} is not supported; supported: "
                                   f"{', '.join(sorted(PIPELINE_FAMILIES))}, and StableDiffusionPipeline with family='unet'")
 
