@@ -138,15 +138,9 @@ def edit_cmd(
         else:
             raise errors[0]
         backend = attention_backend(attention)  # a bad name fails before the model loads
-        from .models.lora import parse_lora
-
-        loras = [parse_lora(spec) for spec in lora or []]  # a missing or pickled file fails before the model loads
-        if transformer is not None:
-            from .models.single_file import check_transformer_file
-
-            check_transformer_file(transformer)
+        # load_model checks --lora, --quantize and --transformer before it loads anything
         adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
-                             progress=not quiet, lora=loras, quantize=quantize, transformer=transformer)
+                             progress=not quiet, lora=lora, quantize=quantize, transformer=transformer)
         if compile_model:
             adapter.denoiser.compile()
         if not quiet:

@@ -195,8 +195,12 @@ def against(rows: list[dict], metric: str, reference: str) -> list[tuple[str, fl
     return _differences(values, reference, sign=-1)
 
 
-def _significant(mean: float, half: float, n: int) -> str:
-    return "yes" if n >= MIN_PAIRED and math.isfinite(half) and abs(mean) > half else "no"
+def _difference_rows(diffs: list[tuple[str, float, float, int]]) -> list[str]:
+    """Markdown rows ``| label | difference | ± half-width | n | significant |``; significant = the
+    interval excludes 0 with at least ``MIN_PAIRED`` items."""
+    return [f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | "
+            f"{'yes' if n >= MIN_PAIRED and math.isfinite(half) and abs(mean) > half else 'no'} |"
+            for label, mean, half, n in diffs]
 
 
 def against_markdown(rows: list[dict], names: list[str], reference: str) -> str:
@@ -213,9 +217,7 @@ def against_markdown(rows: list[dict], names: list[str], reference: str) -> str:
         better = "higher" if HEADLINE[metric] > 0 else "lower"
         out += [f"**{metric}** ({better} is better)", "",
                 f"| row | row minus {reference} | 95% CI | n | significant |", "| --- | --- | --- | --- | --- |"]
-        out += [f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {_significant(mean, half, n)} |"
-                for label, mean, half, n in diffs]
-        out.append("")
+        out += _difference_rows(diffs) + [""]
     return "\n".join(out)
 
 
@@ -231,8 +233,7 @@ def paired_markdown(rows: list[dict], names: list[str]) -> str:
         better = "higher" if HEADLINE[metric] > 0 else "lower"
         out += [f"**{metric}** ({better} is better): best method `{best}`", "",
                 "| row | best minus row | 95% CI | n | significant |", "| --- | --- | --- | --- | --- |"]
-        for label, mean, half, n in diffs:
-            out.append(f"| {label} | {mean:+.4g} | ± {half:.2g} | {n} | {_significant(mean, half, n)} |")
+        out += _difference_rows(diffs)
         out.append("")
     return "\n".join(out)
 

@@ -117,6 +117,26 @@ class MethodParams:
         if self.steps < 1:
             raise ParameterError(f"parameter 'steps' must be >= 1, got {self.steps}")
 
+    def require_step_index(self, *names: str) -> None:
+        """Each of ``names`` counts steps of the schedule from its noise end: ``0 <= value < steps``."""
+        for name in names:
+            value = getattr(self, name)
+            if not 0 <= value < self.steps:
+                raise ParameterError(f"parameter {name!r} must be in [0, steps), got {name}={value}, steps={self.steps}")
+
+    def require_fraction(self, *names: str) -> None:
+        """Each of ``names`` is a fraction: ``0 <= value <= 1``."""
+        for name in names:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ParameterError(f"parameter {name!r} must be in [0, 1], got {value}")
+
+    def require_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        """``name`` is one of ``choices``."""
+        value = getattr(self, name)
+        if value not in choices:
+            raise ParameterError(f"parameter {name!r} must be one of {', '.join(choices)}, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

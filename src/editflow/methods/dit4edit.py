@@ -78,8 +78,7 @@ class DiT4EditParams(MethodParams):
         super().validate()
         if self.query_steps is not None and not 0 <= self.query_steps <= self.steps:
             raise ParameterError(f"parameter 'query_steps' must be in [0, steps], got {self.query_steps}")
-        if not 0.0 <= self.layers_from <= 1.0:
-            raise ParameterError(f"parameter 'layers_from' must be in [0, 1], got {self.layers_from}")
+        self.require_fraction("layers_from")
         if not 0.0 <= self.merge_ratio <= 0.5:
             raise ParameterError(f"parameter 'merge_ratio' must be in [0, 0.5], got {self.merge_ratio}")
 

@@ -63,7 +63,6 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ParameterError
 from ..models.base import NFE, FlowModel
 from ..solvers import inversion_times
 from ..solvers.uni_inv import Trajectory, predictor_corrector
@@ -99,10 +98,9 @@ class DNAEditParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.t_start is not None and not 0 <= self.t_start < self.steps:
-            raise ParameterError(f"parameter 't_start' must be in [0, steps), got t_start={self.t_start}, steps={self.steps}")
-        if not 0.0 <= self.mvg <= 1.0:
-            raise ParameterError(f"parameter 'mvg' must be in [0, 1], got {self.mvg}")
+        if self.t_start is not None:
+            self.require_step_index("t_start")
+        self.require_fraction("mvg")
 
 
 def dnaedit_nfe(p: DNAEditParams) -> NFE:

@@ -94,13 +94,10 @@ class FTEditParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.skip < self.steps:
-            raise ParameterError(f"parameter 'skip' must be in [0, steps), got skip={self.skip}, steps={self.steps}")
+        self.require_step_index("skip")
         if self.iterations < 0:
             raise ParameterError(f"parameter 'iterations' must be >= 0, got {self.iterations}")
-        for name in ("invariance", "value_injection"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ParameterError(f"parameter {name!r} must be in [0, 1], got {getattr(self, name)}")
+        self.require_fraction("invariance", "value_injection")
 
 
 def ftedit_nfe(p: FTEditParams) -> NFE:

@@ -100,10 +100,8 @@ class KVEditParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.skip < self.steps:
-            raise ParameterError(f"parameter 'skip' must be in [0, steps), got skip={self.skip}, steps={self.steps}")
-        if self.start not in STARTS:
-            raise ParameterError(f"parameter 'start' must be one of {', '.join(STARTS)}, got {self.start!r}")
+        self.require_step_index("skip")
+        self.require_choice("start", STARTS)
         if self.inversion_free and self.start != "editflow":
             raise ParameterError("parameter 'start' picks an inverted latent, and inversion_free inverts nothing: "
                                  "drop one of them")
@@ -141,8 +139,13 @@ def kv_edit(model: FlowModel, req: EditRequest, p: KVEditParams, generator: torc
                 kv.caching = True
             else:
                 step = kv.step_callback(up)
-                keep = p.start != "editflow"  # the released starts pick an earlier latent of the path
-                z_start = euler(source, x, up, callback=lambda i, t, z: (step(i, t, z), keep and trajectory.append(z)))
+
+                def callback(i, t, z):
+                    step(i, t, z)
+                    if p.start != "editflow":  # the released starts pick an earlier latent of the path
+                        trajectory.append(z)
+
+                z_start = euler(source, x, up, callback=callback)
             z_start = _start(model, req, p, source, kv, z_start, trajectory)
             z_fg = z_start[:, fg_idx]
             if p.re_init:

@@ -26,7 +26,6 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import ParameterError
 from ..models.base import NFE, FlowModel
 from ..solvers import get_solver, inversion_times
 from .base import EditRequest, MethodParams, register
@@ -55,8 +54,7 @@ class ODEInversionParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.skip < self.steps:
-            raise ParameterError(f"parameter 'skip' must be in [0, steps), got skip={self.skip}, steps={self.steps}")
+        self.require_step_index("skip")
         get_solver(self.solver)
 
 

@@ -84,8 +84,7 @@ class PersonalizeParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.tau <= 1.0:
-            raise ParameterError(f"parameter 'tau' must be in [0, 1], got {self.tau}")
+        self.require_fraction("tau")
 
 
 def shifted(mask: torch.Tensor, grid: TokenGrid, dx: int, dy: int) -> tuple[torch.Tensor, torch.Tensor]:

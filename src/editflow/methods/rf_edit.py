@@ -69,8 +69,7 @@ class ValueSharingParams(MethodParams):
         super().validate()
         if not 0 <= self.inject <= self.steps:
             raise ParameterError(f"parameter 'inject' must be in [0, steps], got inject={self.inject}, steps={self.steps}")
-        if not 0.0 <= self.share_from <= 1.0:
-            raise ParameterError(f"parameter 'share_from' must be in [0, 1], got {self.share_from}")
+        self.require_fraction("share_from")
 
 
 def shared_layers(model: FlowModel, share_from: float) -> set[str]:

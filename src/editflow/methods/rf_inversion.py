@@ -86,12 +86,8 @@ class RFInversionParams(MethodParams):
 
     def validate(self) -> None:
         super().validate()
-        if self.inversion_times not in INVERSION_TIMES:
-            raise ParameterError(f"parameter 'inversion_times' must be one of {', '.join(INVERSION_TIMES)}, "
-                                 f"got {self.inversion_times!r}")
-        for name in ("gamma", "eta"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ParameterError(f"parameter {name!r} must be in [0, 1], got {getattr(self, name)}")
+        self.require_choice("inversion_times", INVERSION_TIMES)
+        self.require_fraction("gamma", "eta")
         if not 0.0 <= self.start <= self.stop <= 1.0:
             raise ParameterError(
                 f"RF-Inversion needs 0 <= start <= stop <= 1 (fractions of the steps), got start={self.start}, stop={self.stop}"

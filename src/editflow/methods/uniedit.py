@@ -108,8 +108,7 @@ class UniEditParams(MethodParams):
                                  "raise alpha or steps")
         if self.omega < 0:
             raise ParameterError(f"parameter 'omega' must be >= 0, got {self.omega}")
-        if self.mask_stat not in MASK_STATS:
-            raise ParameterError(f"parameter 'mask_stat' must be one of {', '.join(MASK_STATS)}, got {self.mask_stat!r}")
+        self.require_choice("mask_stat", MASK_STATS)
         get_solver(self.solver)
 
 

@@ -321,14 +321,14 @@ def load_model(
                                      f"{type(name_or_path).__name__}")
     from .lora import apply_loras, parse_lora
     from .quantize import check_quantize, quantize_transformer
-
-    if isinstance(lora, (str, Path)):
-        lora = [lora]
-    loras = [parse_lora(spec) for spec in lora or []]  # bad files and scales fail before loading
-    device = resolve_device(device)
-    check_quantize(quantize, device)
     from .single_file import check_transformer_file, load_transformer
 
+    # every file and option is checked before anything loads
+    if isinstance(lora, (str, Path)):
+        lora = [lora]
+    loras = [parse_lora(spec) for spec in lora or []]
+    device = resolve_device(device)
+    check_quantize(quantize, device)
     transformer_file = None if transformer is None else check_transformer_file(transformer)
     if quantize is not None and loras:
         raise ModelNotAvailableError("LoRAs on a quantized transformer are not supported yet: drop --quantize or --lora")
