@@ -111,3 +111,26 @@ def test_bad_lora_specs_are_refused_before_loading(tmp_path, lora_file):
     assert parse_lora(f"{lora_file}:0.3").scale == 0.3 and parse_lora(lora_file.parent).path == lora_file
     with pytest.raises(ModelNotAvailableError, match="LoRAs load into FLUX and SD3 pipelines; this model is a"):
         editflow.load_model("tiny-unet", device="cpu", lora=[lora_file])
+
+
+def test_a_lora_on_an_int8_transformer_stays_float_beside_the_int8_base(lora_file, image):
+    """QLoRA-style: the base weights are int8, the LoRA's A and B stay float32 and unmerged, so scale
+    0 is the int8 model exactly and the LoRA moves the edit as much as it does in float32."""
+    pytest.importorskip("torchao")
+    kw = dict(seed=1, steps=6)
+    int8 = editflow.load_model("tiny-flux", device="cpu", quantize="int8")
+    both = editflow.load_model("tiny-flux", device="cpu", quantize="int8", lora=[f"{lora_file}:0.8"])
+    q = both.pipe.transformer.transformer_blocks[0].attn.to_q
+    assert type(q.base_layer.weight).__name__ == "Int8Tensor"  # torchao's
+    (a,) = q.lora_A.values()
+    assert a.weight.dtype == torch.float32 and type(a.weight) is torch.nn.Parameter
+    zero = editflow.load_model("tiny-flux", device="cpu", quantize="int8", lora=[(lora_file, 0.0)])
+    base_q = editflow.edit(int8, image, SRC, TAR, **kw).latents
+    torch.testing.assert_close(editflow.edit(zero, image, SRC, TAR, **kw).latents, base_q, atol=1e-6, rtol=0)
+    lora_q = editflow.edit(both, image, SRC, TAR, **kw).latents
+    base_f = editflow.edit(editflow.load_model("tiny-flux", device="cpu"), image, SRC, TAR, **kw).latents
+    lora_f = editflow.edit(editflow.load_model("tiny-flux", device="cpu", lora=[f"{lora_file}:0.8"]), image, SRC, TAR,
+                           **kw).latents
+    shift_q, shift_f = lora_q - base_q, lora_f - base_f
+    assert shift_f.abs().max() > 1e-3
+    assert torch.nn.functional.cosine_similarity(shift_q.flatten(), shift_f.flatten(), dim=0) > 0.95

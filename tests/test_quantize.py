@@ -54,14 +54,22 @@ def test_every_flux_method_runs_on_int8_and_kv_edit_keeps_its_background(int8, i
     assert torch.equal(kv.latents[:, ~fg], x[:, ~fg].cpu()) and (kv.latents[:, fg] - x[:, fg]).abs().max() > 1e-3
 
 
-def test_bad_quantization_requests_fail_before_loading(tmp_path):
-    with pytest.raises(ParameterError, match="unknown quantization 'int4': use one of int8, fp8"):
+def test_bad_quantization_requests_fail_before_loading():
+    with pytest.raises(ParameterError, match="unknown quantization .int4.: use one of int8, fp8, nf4"):
         editflow.load_model("tiny-flux", device="cpu", quantize="int4")
     with pytest.raises(ModelNotAvailableError, match="fp8 weights need a CUDA GPU"):
         editflow.load_model("tiny-flux", device="cpu", quantize="fp8")
-    lora = tmp_path / "l.safetensors"
-    from safetensors.torch import save_file
+    with pytest.raises(ModelNotAvailableError, match="nf4 weights run on a CUDA GPU"):
+        editflow.load_model("tiny-flux", device="cpu", quantize="nf4")
 
-    save_file({"x": torch.zeros(1)}, str(lora))
-    with pytest.raises(ModelNotAvailableError, match="LoRAs on a quantized transformer are not supported yet"):
-        editflow.load_model("tiny-flux", device="cpu", quantize="int8", lora=[lora])
+
+def test_nf4_is_diffusers_bitsandbytes_config_for_the_transformer_only():
+    """The CUDA-only path's configuration (the load itself needs a GPU: diffusers refuses
+    bitsandbytes without one)."""
+    from editflow.models.quantize import load_time_config
+
+    assert load_time_config("int8", torch.bfloat16) is None  # torchao kinds quantize after loading
+    pipe_cfg = load_time_config("nf4", torch.bfloat16)
+    assert pipe_cfg.quant_backend == "bitsandbytes_4bit" and pipe_cfg.components_to_quantize == ["transformer"]
+    assert pipe_cfg.quant_kwargs == dict(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                         bnb_4bit_compute_dtype=torch.bfloat16)

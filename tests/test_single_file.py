@@ -89,3 +89,16 @@ def test_bad_transformer_files_fail_before_loading(files, tmp_path):
         editflow.load_model(str(root / "pipe"), device="cpu", transformer=pickled)
     with pytest.raises(ModelNotAvailableError, match="tiny-flux is built in memory"):
         editflow.load_model("tiny-flux", device="cpu", transformer=root / "transformer.safetensors")
+
+
+def test_memory_plan_counts_a_gguf_transformer_as_stored(files):
+    """The plan's transformer weights for a GGUF file are the bytes the loaded model holds."""
+    from editflow import memory
+
+    root, _ = files
+    gguf = root / "transformer-Q8_0.gguf"
+    loaded = editflow.load_model(str(root / "pipe"), device="cpu", transformer=gguf, progress=False)
+    held = memory._module_bytes(loaded.pipe.transformer)
+    parts = memory.parts_of_name(str(root / "pipe"), 4, gguf)
+    assert memory.transformer_weight_bytes(parts, None) == held
+    assert held < parts.transformer_bytes / 3  # Q8_0: a byte and a bit per weight, against float32's 4

@@ -6,6 +6,7 @@
     editflow solvers
     editflow vital-layers --prompts FILE --out layers.json [--model NAME] [--seeds 0,1]
     editflow models
+    editflow plan --model flux-dev --method kv_edit --size 1024 [--gpu-memory 24GB] [--quantize nf4] [--table]
     editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...] [--baselines none]
     editflow bench report DIR
     editflow world sample --n N --seed S -o DIR [--size 64] [--world-version 2] [--split any] [--paraphrase]
@@ -87,9 +88,12 @@ def edit_cmd(
     lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors to load, PATH or PATH:SCALE "
                                              "(repeatable; FLUX and SD3; applies to every call of the edit)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Quantize the transformer: int8 (torchao "
-                                           "weight-only) or fp8 (CUDA, Ada or newer)."),
+                                           "weight-only), fp8 (CUDA, Ada or newer) or nf4 (bitsandbytes, CUDA)."),
     transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors (BFL/ComfyUI or diffusers "
                                                "layout) or .gguf transformer replacing --model's."),
+    memory: str = typer.Option("auto", "--memory", help="Plan memory before loading (`editflow plan`) and place the "
+                               "model to fit: auto (the GPU's free memory, or the host's on the CPU), a budget like "
+                               "24GB, or off."),
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE "
                                               "(max_pixels, max_steps, max_nfe, ...; see the README)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notices."),
@@ -138,9 +142,14 @@ def edit_cmd(
         else:
             raise errors[0]
         backend = attention_backend(attention)  # a bad name fails before the model loads
+        placement = None
+        if not cpu_offload:  # the memory plan, before any weight loads (--cpu-offload: the user placed it)
+            placement = _memory_plan(name, method, fit_size(*pil.size, 16), overrides, device, dtype, memory, quantize,
+                                     mask, limits, len(subjects), quiet, transformer)
         # load_model checks --lora, --quantize and --transformer before it loads anything
         adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
-                             progress=not quiet, lora=lora, quantize=quantize, transformer=transformer)
+                             progress=not quiet, lora=lora, quantize=quantize, transformer=transformer,
+                             placement=placement)
         if compile_model:
             adapter.denoiser.compile()
         if not quiet:
@@ -174,6 +183,34 @@ def edit_cmd(
             + (f"; before|after: {compare}" if compare else ""),
             err=True,
         )
+
+
+def _memory_plan(name, method, size, overrides, device, dtype, memory, quantize, mask, limits, n_subjects, quiet,
+                 transformer=None):
+    """``--memory``: the placement the plan picks (None: no plan), with the method's feature store
+    moved to host memory (``overrides["offload"]``) where the plan says; one line when nothing fits."""
+    import torch
+
+    from .images import load_mask
+    from .memory import GIB, STORE_METHODS, plan_for_edit
+    from .models.zoo import _parse_dtype, resolve_device
+
+    dev = resolve_device(device)
+    torch_dtype = _parse_dtype(dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    fraction = 0.0  # no mask yet (auto, or none): KV-Edit's store at its largest
+    if mask is not None and str(mask) != "auto":
+        fraction = float(load_mask(mask, size, limits).float().mean())
+    result = plan_for_edit(name, method, size, overrides, dev, memory, torch_dtype.itemsize, quantize, fraction,
+                           n_subjects, transformer)
+    if result is None:
+        return None
+    chosen = result.chosen
+    if chosen.store_offload and method in STORE_METHODS:
+        overrides["offload"] = True
+    if not quiet and dev.type == "cuda":  # on the CPU the plan only checks that the edit fits
+        typer.echo(f"memory plan: {chosen.label}, peak {chosen.gpu_peak / GIB:.1f} GiB of "
+                   f"{result.budget / GIB:.1f} GiB available", err=True)
+    return chosen.name
 
 
 def attention_backend(name: str | None):
@@ -311,6 +348,57 @@ def solvers_cmd() -> None:
         typer.echo(f"{sv.name:<18} order {sv.order}  NFE for 10 steps: {sv.nfe(10, False, True):>3} denoising, "
                    f"{sv.nfe(10, True, True):>3} inverting   {sv.paper}")
     typer.echo(f"{NUDGE_PREFIX + '<name>':<18} any of the above with Stable Flow's latent nudging (lambda = 1.15)")
+
+
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Option("flux-dev", "--model", help="flux-dev, flux-krea-dev, flux-schnell, a built-in model or "
+                              "a local FLUX pipeline folder (read as configs: no weights load)."),
+    method: str = typer.Option("flowedit", "--method", "-m", help="Editing method (see `editflow methods`)."),
+    size: str = typer.Option("1024", "--size", help="Working size: 1024 or WIDTHxHEIGHT."),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="The card's memory, e.g. 24GB: pick the "
+                                             "cheapest placement that fits."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer weights."),
+    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .gguf transformer file: its stored "
+                                               "bytes replace the transformer's weights."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="Compute dtype: bfloat16, float16 or float32."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Schedule length (default: the method's)."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
+    mask_fraction: float = typer.Option(0.25, "--mask-fraction", help="Share of the image a mask marks (KV-Edit "
+                                        "caches the rest)."),
+    table: bool = typer.Option(False, "--table", help="Every method at 512 and 1024 on 24 / 48 / 80 GB, without and "
+                               "with int8 and nf4 (the README's table)."),
+) -> None:
+    """Print the memory an edit will need (weights, activations, feature store, text encoders) and
+    where to place it, before loading anything."""
+    _quiet_libraries()
+    try:
+        from . import memory as mem
+        from .methods import get_method
+        from .models.zoo import _parse_dtype
+
+        torch_dtype = _parse_dtype(dtype, None)
+        if transformer is not None:
+            from .models.single_file import check_transformer_file
+
+            check_transformer_file(transformer)
+        parts = mem.parts_of_name(model, torch_dtype.itemsize, transformer)
+        if table:
+            typer.echo(mem.readme_table(parts))
+            return
+        m = get_method(method)
+        overrides = _parse_sets(sets or [], m.params)
+        if steps is not None:
+            overrides["steps"] = steps
+        width, _, height = size.lower().partition("x")
+        try:
+            w, h = int(width), int(height or width)
+        except ValueError:
+            raise EditflowError(f"--size expects 1024 or WIDTHxHEIGHT, got {size!r}") from None
+        budget = None if gpu_memory is None else mem.parse_bytes(gpu_memory)
+        typer.echo(mem.plan(parts, method, h, w, overrides, quantize, budget, mask_fraction).table())
+    except EditflowError as exc:
+        _fail(str(exc))
 
 
 @app.command("models")

@@ -58,10 +58,15 @@ def transformer_class(source: str):
     return getattr(diffusers, entry[1])
 
 
-def load_transformer(path: Path, source: str, torch_dtype: torch.dtype):
-    """The transformer in ``path`` with ``source``'s transformer configuration."""
+def load_transformer(path: Path, source: str, torch_dtype: torch.dtype, quantization_config=None):
+    """The transformer in ``path`` with ``source``'s transformer configuration (``quantization_config``:
+    diffusers' config quantizing a ``.safetensors`` file while it loads)."""
     cls = transformer_class(source)
     kwargs = dict(config=source, subfolder="transformer", torch_dtype=torch_dtype)
+    if quantization_config is not None:
+        if path.suffix == ".gguf":
+            raise ModelNotAvailableError(f"{path.name} is GGUF, quantized already: drop --quantize")
+        kwargs["quantization_config"] = quantization_config
     if path.suffix == ".gguf":
         from diffusers import GGUFQuantizationConfig
 

@@ -245,7 +245,7 @@ def loading_bars(progress: bool):
 
 def _load_hub_or_folder(source: str, torch_dtype: torch.dtype, **parts):
     """``DiffusionPipeline.from_pretrained`` with safetensors enforced, one-line errors; ``parts``:
-    components already loaded (a single-file transformer)."""
+    components already loaded (a single-file transformer) or a ``quantization_config``."""
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
@@ -297,6 +297,7 @@ def load_model(
     lora=None,
     quantize: str | None = None,
     transformer: str | Path | None = None,
+    placement: str | None = None,
 ):
     """Load a model and return its :class:`~editflow.models.base.FlowModel` adapter.
 
@@ -308,9 +309,13 @@ def load_model(
     Weights load through safetensors only. ``progress=False`` hides the loading bars. ``lora``: LoRA
     files to load into a FLUX or SD3 transformer, each ``"PATH"`` or ``"PATH:SCALE"`` (unfused, on
     every call of an edit; :mod:`editflow.models.lora`). ``quantize``: ``"int8"`` (torchao int8
-    weight-only) or ``"fp8"`` (CUDA, Ada or newer) for the transformer (:mod:`editflow.models.quantize`).
+    weight-only), ``"fp8"`` (CUDA, Ada or newer) or ``"nf4"`` (bitsandbytes, CUDA, quantized while a
+    checkpoint loads) for the transformer (:mod:`editflow.models.quantize`).
     ``transformer``: a ``.safetensors`` or ``.gguf`` file replacing the pipeline's transformer, the
-    rest coming from ``name_or_path`` (:mod:`editflow.models.single_file`).
+    rest coming from ``name_or_path`` (:mod:`editflow.models.single_file`). ``placement``: where the
+    weights live on a CUDA device (``"gpu"``, ``"text-encoders-offload"``, ``"model-offload"``,
+    ``"sequential-offload"``; :mod:`editflow.models.placement`), as ``editflow.memory.plan`` picks
+    it; ``cpu_offload=True`` is ``"model-offload"``.
 
     >>> model = load_model("tiny-flux")          # offline, random weights
     >>> model = load_model("black-forest-labs/FLUX.1-dev", dtype="bf16")   # needs the weights
@@ -320,7 +325,8 @@ def load_model(
         raise ModelNotAvailableError(f"a model is named by a string (zoo name, folder or hub id), got "
                                      f"{type(name_or_path).__name__}")
     from .lora import apply_loras, parse_lora
-    from .quantize import check_quantize, quantize_transformer
+    from .placement import check_placement, place
+    from .quantize import AT_LOAD, check_quantize, load_time_config, quantize_transformer
     from .single_file import check_transformer_file, load_transformer
 
     # every file and option is checked before anything loads
@@ -329,9 +335,8 @@ def load_model(
     loras = [parse_lora(spec) for spec in lora or []]
     device = resolve_device(device)
     check_quantize(quantize, device)
+    check_placement(placement)
     transformer_file = None if transformer is None else check_transformer_file(transformer)
-    if quantize is not None and loras:
-        raise ModelNotAvailableError("LoRAs on a quantized transformer are not supported yet: drop --quantize or --lora")
     entry = ZOO.get(name_or_path)
     if entry is not None and entry.refusal:
         raise ModelNotAvailableError(f"{name_or_path}: {entry.refusal}")
@@ -342,6 +347,9 @@ def load_model(
         entry = None
         name_or_path = str(SHAPES_DIR)
     if entry is not None and entry.builtin:
+        if quantize in AT_LOAD:
+            raise ModelNotAvailableError(f"--quantize {quantize} quantizes a checkpoint while it loads, and {name_or_path} "
+                                         "is built in memory: use --quantize int8")
         torch_dtype = _parse_dtype(dtype, entry.dtype)
         with loading_bars(progress):
             pipe = entry.builder()
@@ -365,17 +373,17 @@ def load_model(
         # bf16 on GPUs (as the checkpoints ship); float32 on the CPU, where bf16 is slow and coarse
         torch_dtype = _parse_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
         with loading_bars(progress):
-            parts = {} if transformer_file is None else {"transformer": load_transformer(transformer_file, source,
-                                                                                          torch_dtype)}
+            if transformer_file is None:
+                parts = {"quantization_config": load_time_config(quantize, torch_dtype)} if quantize in AT_LOAD else {}
+            else:
+                parts = {"transformer": load_transformer(transformer_file, source, torch_dtype,
+                                                         load_time_config(quantize, torch_dtype, pipeline=False))}
             pipe = _load_hub_or_folder(source, torch_dtype, **parts)
         options = dict(entry.options) if entry is not None else {}
     pipe.set_progress_bar_config(disable=True)
     apply_loras(pipe, loras)
     quantize_transformer(pipe, quantize)  # on the host, before the move: the device gets the quantized weights
-    if cpu_offload and device.type == "cuda":
-        pipe.enable_model_cpu_offload()
-    else:
-        pipe.to(device)
+    place(pipe, "model-offload" if cpu_offload else placement, device)
     return wrap_pipeline(pipe, name=name_or_path, family=family or (entry.family if entry is not None else None),
                          **options)
 
