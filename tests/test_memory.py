@@ -168,6 +168,19 @@ def test_plan_command_refuses_in_one_line(args, needle):
     assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
 
 
+def test_edit_checks_files_and_quantization_before_planning(tmp_path):
+    from editflow.models.zoo import SHAPES_DIR
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(photo)
+    base = ["edit", str(photo), "-s", "a", "-t", "b", "--model", str(SHAPES_DIR), "-o", str(tmp_path / "o.png"),
+            "--device", "cpu"]
+    for extra, needle in ((["--transformer", str(tmp_path / "missing.gguf")], "does not exist"),
+                          (["--quantize", "nf4"], "CUDA"), (["--memory", "lots", "--cpu-offload"], "memory size")):
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
 def test_edit_refuses_before_loading_when_nothing_fits(tmp_path):
     from editflow.models.zoo import SHAPES_DIR
 
@@ -177,6 +190,7 @@ def test_edit_refuses_before_loading_when_nothing_fits(tmp_path):
     r = runner.invoke(app, ["edit", str(photo), "-s", "a", "-t", "b", "--model", str(SHAPES_DIR), "--memory", "1MB",
                             "-o", str(out), "--device", "cpu"])
     assert r.exit_code == 2 and "GiB of host memory" in r.stderr and "--memory off" in r.stderr, r.output
+    assert "nf4" not in r.stderr  # not an option on the CPU
     assert not out.exists()
 
 
@@ -190,3 +204,54 @@ def test_plan_for_edit_skips_built_in_models_and_plans_folders():
     assert p.chosen.name == "gpu" and len(p.placements) == 1
     with pytest.raises(EditflowError, match="needs at least"):
         memory.plan_for_edit(str(SHAPES_DIR), "flowedit", (64, 64), {}, cpu, "1MB", 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activation_term_is_exact_at_flux_dev_width(dtype):
+    """24 heads of 128 (FLUX.1-dev's width), one block of each kind: K_4 = 15, K_2 = 17 exactly."""
+    model = editflow.wrap_pipeline(build_random_flux("flux-dev", double=1, single=1, heads=24, dtype=dtype), name="w")
+    grid = model.grid(256, 256)
+    z = torch.randn(1, grid.num_tokens, 64).to(dtype)
+    cond = model.encode_prompt("a call")
+    with torch.no_grad(), memory.TensorBytes() as counted:
+        model.velocity(z, 0.5, cond, grid)
+    predicted = memory.activation_bytes(memory.parts_of_model(model), 1, grid.num_tokens)
+    assert abs(predicted / counted.peak - 1) < 0.01, (predicted, counted.peak)
+
+
+def test_plan_options_move_the_terms_they_should():
+    parts = memory.parts_of_name("flux-dev")
+    base = memory.plan(parts, "kv_edit", 1024, 1024, None, None, 80 * memory.GIB)
+    assert base.rows == 1 and memory.plan(parts, "kv_edit", 1024, 1024, auto_mask=True).rows == 20  # 2 x DRAWS
+    forced = memory.plan(parts, "kv_edit", 1024, 1024, {"offload": True}, None, 80 * memory.GIB)
+    assert all(pl.store_offload for pl in forced.placements) and forced.chosen.name == "gpu"
+    host_bound = memory.plan(parts, "kv_edit", 1024, 1024, None, None, 24 * memory.GIB, host_budget=40 * memory.GIB)
+    assert host_bound.chosen is None and "replay" in host_bound.advice()  # the 48 GiB store fits nowhere
+    replay = memory.plan(parts, "kv_edit", 1024, 1024, {"replay": True}, None, 24 * memory.GIB)
+    assert replay.store < base.store / 20 and "replay" not in replay.advice()
+    quantized = memory.plan(parts, "flowedit", 1024, 1024, None, "int8", 24 * memory.GIB)
+    assert "sequential-offload" not in {pl.name for pl in quantized.placements}
+    assert memory.usable_bytes(24 * memory.GIB, card=False) - memory.usable_bytes(24 * memory.GIB) == memory.CONTEXT_BYTES
+
+
+def test_model_offload_formula_follows_diffusers_sequence():
+    """The model-offload row assumes diffusers moves a FLUX component out only when the next one in
+    this order runs (so the VAE, used first by editflow, stays)."""
+    from diffusers import FluxPipeline
+
+    seq = [name for name in FluxPipeline.model_cpu_offload_seq.split("->") if name != "image_encoder"]
+    assert seq == ["text_encoder", "text_encoder_2", "transformer", "vae"]  # image_encoder: IP-Adapters, unused
+    parts = memory.parts_of_name("flux-dev")
+    p = memory.plan(parts, "flowedit", 1024, 1024)
+    row = next(pl for pl in p.placements if pl.name == "model-offload")
+    clip = dict((n, b) for n, b, _ in parts.text_encoders)["text_encoder"]
+    assert row.gpu_peak >= p.weights["transformer"] + parts.vae_bytes + clip + p.activations
+
+
+def test_text_tokens_and_names_follow_the_model():
+    from editflow.models.zoo import SHAPES_DIR
+
+    assert memory.parts_of_name("flux-schnell").text_tokens == 256
+    assert memory.parts_of_name("black-forest-labs/FLUX.1-dev").transformer_bytes == 2 * 11_901_408_320
+    loaded = memory.parts_of_model(editflow.load_model("shapes", device="cpu", progress=False))
+    assert memory.parts_of_name(str(SHAPES_DIR), 4).text_tokens == loaded.text_tokens < 512

@@ -143,6 +143,15 @@ def edit_cmd(
             raise errors[0]
         backend = attention_backend(attention)  # a bad name fails before the model loads
         placement = None
+        from .memory import budget_for
+        from .models.quantize import check_quantize
+        from .models.single_file import check_transformer_file
+        from .models.zoo import resolve_device
+
+        check_quantize(quantize, resolve_device(device))  # what load_model checks first, before the plan
+        if transformer is not None:
+            check_transformer_file(transformer)
+        budget_for(memory, torch_device("cpu"))  # a bad --memory fails even where no plan is made
         if not cpu_offload:  # the memory plan, before any weight loads (--cpu-offload: the user placed it)
             placement = _memory_plan(name, method, fit_size(*pil.size, 16), overrides, device, dtype, memory, quantize,
                                      mask, limits, len(subjects), quiet, transformer)
@@ -201,7 +210,7 @@ def _memory_plan(name, method, size, overrides, device, dtype, memory, quantize,
     if mask is not None and str(mask) != "auto":
         fraction = float(load_mask(mask, size, limits).float().mean())
     result = plan_for_edit(name, method, size, overrides, dev, memory, torch_dtype.itemsize, quantize, fraction,
-                           n_subjects, transformer)
+                           n_subjects, transformer, auto_mask=str(mask) == "auto")
     if result is None:
         return None
     chosen = result.chosen
@@ -211,6 +220,12 @@ def _memory_plan(name, method, size, overrides, device, dtype, memory, quantize,
         typer.echo(f"memory plan: {chosen.label}, peak {chosen.gpu_peak / GIB:.1f} GiB of "
                    f"{result.budget / GIB:.1f} GiB available", err=True)
     return chosen.name
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
 
 
 def attention_backend(name: str | None):
@@ -360,7 +375,10 @@ def plan_cmd(
                                              "cheapest placement that fits."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer weights."),
     transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .gguf transformer file: its stored "
-                                               "bytes replace the transformer's weights."),
+                                               "bytes replace the transformer's weights (a .safetensors one has the "
+                                               "model's own size)."),
+    host_memory: Optional[str] = typer.Option(None, "--host-memory", help="The host's free memory, e.g. 64GB: a "
+                                              "placement must also fit what it keeps there."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Compute dtype: bfloat16, float16 or float32."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Schedule length (default: the method's)."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="Method parameter, key=value (repeatable)."),
@@ -396,7 +414,8 @@ def plan_cmd(
         except ValueError:
             raise EditflowError(f"--size expects 1024 or WIDTHxHEIGHT, got {size!r}") from None
         budget = None if gpu_memory is None else mem.parse_bytes(gpu_memory)
-        typer.echo(mem.plan(parts, method, h, w, overrides, quantize, budget, mask_fraction).table())
+        host = None if host_memory is None else mem.parse_bytes(host_memory)
+        typer.echo(mem.plan(parts, method, h, w, overrides, quantize, budget, mask_fraction, host_budget=host).table())
     except EditflowError as exc:
         _fail(str(exc))
 

@@ -32,9 +32,12 @@ def _close(mask: torch.Tensor) -> torch.Tensor:
     return shrunk[0, 0, 1:-1, 1:-1] > 0.5
 
 
+DRAWS = 10  # noise draws of each prompt, batched into one call of 2 DRAWS rows
+
+
 @torch.no_grad()
 def edit_scores(model: FlowModel, x_src: torch.Tensor, grid: TokenGrid, source_prompt: str, target_prompt: str,
-                generator: torch.Generator, t: float = 0.5, draws: int = 10, guidance: float | None = None) -> torch.Tensor:
+                generator: torch.Generator, t: float = 0.5, draws: int = DRAWS, guidance: float | None = None) -> torch.Tensor:
     """The normalised disagreement ``D`` per token, ``[h, w]`` in [0, 1] (zeros if the prompts agree)."""
     src, tar = model.encode_prompt(source_prompt), model.encode_prompt(target_prompt)
     x = x_src.float()
@@ -47,7 +50,7 @@ def edit_scores(model: FlowModel, x_src: torch.Tensor, grid: TokenGrid, source_p
 
 
 def auto_mask(model: FlowModel, x_src: torch.Tensor, grid: TokenGrid, source_prompt: str, target_prompt: str,
-              generator: torch.Generator, t: float = 0.5, draws: int = 10, threshold: float = 0.5,
+              generator: torch.Generator, t: float = 0.5, draws: int = DRAWS, threshold: float = 0.5,
               guidance: float | None = None) -> torch.Tensor:
     """The edit region as a bool token mask ``[1, N]`` (see the module docstring)."""
     scores = edit_scores(model, x_src, grid, source_prompt, target_prompt, generator, t, draws, guidance)

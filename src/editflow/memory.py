@@ -1,8 +1,8 @@
 """The memory plan: what one edit will hold on the GPU and in host memory, before anything loads.
 
 ``editflow plan --model flux-dev --method kv_edit --size 1024 --gpu-memory 24GB`` prints the terms
-below and the cheapest placement that fits; ``editflow edit --memory auto`` (the default on CUDA)
-applies it. Every formula of the plan is in this module. Sizes are bytes; ``b`` is the element size
+below and the cheapest placement that fits; ``editflow edit --memory auto`` (the default) applies
+it (on the CPU it only checks that the edit fits the host's available memory). Every formula of the plan is in this module. Sizes are bytes; ``b`` is the element size
 of the compute dtype (2 for bfloat16 / float16, 4 for float32).
 
 Terms
@@ -22,11 +22,14 @@ activations  of one FLUX transformer call on ``r`` rows, ``S = T + N`` tokens (`
              ``K_b`` counts the ``[S, D]``-sized tensors alive at the call's peak, which is inside
              a single-stream block (its MLP is 4 D wide and its output projection reads a 5 D
              concatenation). With ``b = 4`` the peak is the gated output projection: residual 1,
-             modulated norm 1, MLP activation 4, attention output 1, the ``[attention; MLP]``
-             concatenation 5, projection 1, gated product 1: ``K_4 = 14``. With ``b = 2`` it is the
-             rotary embedding of the query, which diffusers computes in float32: residual 1, norm 1,
-             MLP activation 4, q k v 3, float32 query 2, rotated half 1 and its float32 copy 2,
-             product 2: ``K_2 = 16``. ``r T J b``: a call on several rows concatenates their T5
+             modulated norm 1, MLP activation 4, attention output 2 (the kernel's head-major result
+             and its token-major copy), the ``[attention; MLP]`` concatenation 5, projection 1, gated
+             product 1: ``K_4 = 15``. With ``b = 2`` it is the rotary embedding of the query, which
+             diffusers computes in float32: residual 1, norm 1, MLP activation 4, q k v 3, float32
+             query 2, rotated half 1 and its float32 copy 2, product 2, and one more ``[S, D]``
+             buffer: ``K_2 = 17``. Both measured exactly at FLUX.1-dev's width (24 heads, traced
+             with :class:`TensorBytes`); a model shrunk to a few heads skips the attention output's
+             copy and measures about one unit less, so the plan is ~7% over there. ``r T J b``: a call on several rows concatenates their T5
              conditionings into one batch (one row reads its prompt's as it is). ``2 S d_h 4``: the
              rotary embedding's cosine and sine tables, float32, ``d_h = 128`` per head. Attention
              itself adds no ``S^2`` term (scaled-dot-product attention runs flash or
@@ -37,8 +40,10 @@ text encoders  per prompt, for each encoder over its ``T_e`` tokens (T5: ``T``; 
              attention width ``i``): inside attention the hidden state, its norm, q, k, v and the scores with
              their position bias (``h T_e^2`` each, transformers' eager T5 attention); or, where
              the attention is narrow, the layer norm's float32 copy and square beside the hidden
-             state and its norm. Exact for T5-XXL's layer in float32 and bfloat16; 7% under for
-             editflow's narrow stand-ins. Prompts encoded earlier stay: ``+ (P - 1) T J b``.
+             state and its norm. Exact for one and two T5-XXL layers in float32 and bfloat16; about 10%
+             under for the whole 24-layer encoder, whose position bias is kept across layers (a
+             review's measurement), and 7% under for editflow's narrow stand-ins; at FLUX.1-dev's
+             size the term is 0.1 GiB. Prompts encoded earlier stay: ``+ (P - 1) T J b``.
 VAE          encoding ``(3 + L) c_0 H W b``; decoding ``max(2 c_1 + 2 c_0, (4 + L) c_0) H W b + 2 3 H W 4``
              (``c_0, c_1`` the first two of ``block_out_channels``, ``L`` its ``layers_per_block``):
              the full-resolution stage dominates, where decoding holds the last upsampler's
@@ -48,37 +53,52 @@ VAE          encoding ``(3 + L) c_0 H W b``; decoding ``max(2 c_1 + 2 c_0, (4 + 
              ``2 3 H W 4``: the decoded image in float32 and its clamped copy.
 feature store  the method's own: RF-Edit stores V (``[S, D]``) of its shared single-stream layers
              for both calls of each of the ``inject`` steps, ``2 inject |shared| S D b``; FireFlow
-             one call per step (its midpoint), plus the step's first call when ``inject = steps``;
+             one call per step (its midpoint), plus the first step's first call when ``inject = steps``;
              KV-Edit K and V of the background tokens in every layer for every inversion step,
              ``2 (T - skip) L (N - n_fg) D b`` (``replay`` and ``inversion_free``: one step). Exact
-             (tested against the store's own count). ``offload=True`` puts it in pinned host memory.
+             (tested against the store's own count) for masks on whole tokens; ``editflow edit``
+             passes the mask's share of pixels, which for a mask cutting tokens counts a few
+             foreground tokens as background (the safe side). ``offload=True`` (or a placement with
+             the store in host memory) puts it in pinned host memory.
 prompts      the encoded prompts the loop reads, ``P T J b`` (``P = 2``: source and target; one more
              per subject, and UniEdit's empty inversion prompt).
 latents      a few ``[r, N, 4 c]`` float32 tensors (the path, velocities): ``8 r N 4 c 4``.
+rows         ``r`` is the method's largest call (``Method.rows_per_call``); with ``--mask auto`` the
+             mask's one call of ``2 x 10`` noise draws (:data:`editflow.masks.DRAWS`), when larger.
 
 Placements, cheapest first (``T_i``: text encoder ``i``; ``P``: the phases' working memory, each
 with the weights it runs beside)::
 
     gpu                   W_t + W_te + W_vae + max(A_te, vae, loop)
     text-encoders-offload W_t + W_vae + max(leaf_te + A_te, vae, loop)
-    model-offload         max(W_T_i + A_te, W_t + loop, W_vae + vae)
+    model-offload         W_vae + max(W_te + A_te, W_t + W_te' + loop, W_te' + vae)
     sequential-offload    leaf + max(A_te, vae, loop)
 
 with ``loop = A + store + prompts + latents``, ``vae = A_vae + prompts`` (the adapter's prompt cache
-keeps them) and ``A_te`` the text encoders' activations plus the prompts encoded before the last.
+keeps them), ``A_te`` the text encoders' activations plus the prompts encoded before the last,
+and ``W_te'`` the text encoders but the largest. Under model offload diffusers' hooks move a
+component out only when the next one in ``text_encoder -> text_encoder_2 -> transformer -> vae``
+runs (``image_encoder``, between them in the sequence, is unused by editflow): editflow encodes the image first, so the VAE stays for the whole edit, both text encoders
+meet when a second prompt is encoded, and CLIP stays beside the transformer.
 
 ``text-encoders-offload`` streams each text encoder's layers to the GPU as it encodes a prompt
 (accelerate's ``cpu_offload``; ``leaf_te`` is its largest layer), once per new prompt; the
 transformer stays resident between edits. ``model-offload`` is diffusers'
 ``enable_model_cpu_offload`` (each component moves in whole when it runs: the transformer's 22 GiB
 cross PCIe once per edit), ``sequential-offload`` its ``enable_sequential_cpu_offload`` (every layer
-crosses PCIe on every call: by far the slowest). Each placement is also tried with the feature
-store in pinned host memory (``store`` leaves the GPU sums; one device copy per stored tensor each
-way). A plan fits when its GPU peak is at most ``budget - reserve``: ``reserve`` = 0.75 GiB (the
-CUDA context and cuBLAS workspaces, which torch does not count) + 2% of the budget (the caching
-allocator's fragmentation: the weights are allocated once, in large blocks, and the per-call
-activations reuse the blocks the previous call freed). Neither margin has been measured on a GPU
-yet: ``benchmarks/memory.py --device cuda`` compares plan and peak there.
+crosses PCIe on every call: by far the slowest; not offered for a quantized transformer, whose
+tensor subclasses editflow has not run through accelerate's per-layer hooks). Each placement is
+also tried with the feature store in pinned host memory (``store`` leaves the GPU sums; one device
+copy per stored tensor each way); a method run with ``offload=True`` has it there in every row.
+
+A placement fits when its GPU peak is at most the usable part of the budget and, where the host's
+available memory is known (``editflow edit``; ``plan --host-memory``), what it keeps in host memory
+fits there. Usable = 98% of the budget (the caching allocator's fragmentation: the weights are
+allocated once, in large blocks, and each call's activations reuse the blocks the last one freed)
+less 0.25 GiB of cuBLAS / cuDNN workspaces, less 0.5 GiB for the CUDA context when the budget is
+a card's size (``--gpu-memory 24GB``, ``--memory 24GB``); ``--memory auto`` reads the GPU's free
+memory, which already excludes the context. Neither margin has been measured on a GPU yet:
+``benchmarks/memory.py --device cuda`` compares plan and peak there.
 """
 
 from __future__ import annotations
@@ -95,9 +115,10 @@ from .errors import EditflowError, ModelNotAvailableError, ParameterError
 from .models.placement import PLACEMENTS
 
 GIB = 2**30
-RESERVE_BYTES = int(0.75 * GIB)
+CONTEXT_BYTES = int(0.5 * GIB)
+WORKSPACE_BYTES = int(0.25 * GIB)
 FRAGMENTATION = 0.02
-K_ACTIVATIONS = {4: 14, 2: 16}  # [S, D] tensors alive at a FLUX call's peak, by element size
+K_ACTIVATIONS = {4: 15, 2: 17}  # [S, D] tensors alive at a FLUX call's peak, by element size
 LATENT_TENSORS = 8
 QUANT_BYTES = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5}
 STORE_METHODS = ("rf_edit", "fireflow", "kv_edit")
@@ -112,6 +133,7 @@ FLUX_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlo
                 latent_channels=16, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
                 use_quant_conv=False, use_post_quant_conv=False)
 KNOWN_ARCHITECTURES = {"flux-dev": "flux-dev", "flux-krea-dev": "flux-dev", "flux-schnell": "flux-schnell"}
+T5_TOKENS = {"flux-schnell": 256}  # FLUX.1-schnell's pipeline encodes 256 T5 tokens, dev 512
 
 
 @dataclass(frozen=True)
@@ -131,7 +153,7 @@ class Parts:
     largest_linear: int
     largest_leaf_bytes: int
     text_encoders: tuple[tuple[str, int, int], ...]  # (name, bytes, largest layer bytes)
-    text_encoder_shapes: tuple[tuple[int, int, int], ...]  # each encoder's (tokens, width, heads, attention width)
+    text_encoder_shapes: tuple[tuple[int, int, int, int], ...]  # each encoder's (tokens, width, heads, attention width)
     vae_bytes: int
     vae_channels: tuple[int, ...]
     vae_layers: int
@@ -171,12 +193,15 @@ class Plan:
     rows: int
     quantize: str | None
     budget: int | None
+    card: bool
+    host_budget: int | None
     weights: dict[str, int]
     activations: int
     text_activations: int
     vae_activations: int
     store: int
     store_detail: str
+    params: object
     prompts: int
     latents: int
     placements: list[Placement] = field(default_factory=list)
@@ -201,7 +226,7 @@ class Plan:
             lines.append(f"| {name} weights | {g(nbytes)} |")
         lines += [f"| transformer activations (one call) | {g(self.activations)} |",
                   f"| text-encoder activations | {g(self.text_activations)} |",
-                  f"| VAE activations (decode) | {g(self.vae_activations)} |",
+                  f"| VAE activations (encode or decode, the larger) | {g(self.vae_activations)} |",
                   f"| feature store{' (' + self.store_detail + ')' if self.store_detail else ''} | {g(self.store)} |",
                   f"| prompts | {g(self.prompts)} |", f"| latents | {g(self.latents)} |", "",
                   "| placement | GPU peak GiB | host GiB | fits |", "| --- | --- | --- | --- |"]
@@ -209,21 +234,23 @@ class Plan:
             fits = "" if self.budget is None else ("yes" if p.fits else "no")
             lines.append(f"| {p.label} | {g(p.gpu_peak)} | {g(p.host)} | {fits} |")
         if self.budget is not None:
-            usable = usable_bytes(self.budget)
+            usable = usable_bytes(self.budget, self.card)
             chosen = self.chosen
-            lines += ["", f"budget {g(self.budget)} GiB (usable {g(usable)}): "
+            host = "" if self.host_budget is None else f", host {g(self.host_budget)} GiB"
+            lines += ["", f"budget {g(self.budget)} GiB (usable {g(usable)}{host}): "
                       + (f"{chosen.label}" if chosen else "nothing fits: " + self.advice())]
         return "\n".join(lines)
 
-    def advice(self) -> str:
+    def advice(self, cuda: bool = True) -> str:
+        """What would shrink the plan, in a few words (``cuda``: whether nf4 is an option)."""
         tips = []
-        if self.quantize is None:
-            tips.append("--quantize int8 (or nf4)")
+        if self.quantize is None and self.parts.gguf_bytes is None:
+            tips.append("--quantize int8 (or nf4 on CUDA)" if cuda else "--quantize int8")
         if self.size[0] * self.size[1] > 512 * 512:
-            tips.append("a smaller --size")
-        if self.method == "kv_edit" and self.store:
+            tips.append("a smaller size")
+        if self.method == "kv_edit" and self.store and not (self.params.replay or self.params.inversion_free):
             tips.append("--set replay=true (KV-Edit keeps one step of K/V)")
-        return "try " + ", ".join(tips or ["a larger --memory budget"])
+        return "try " + ", ".join(tips or ["a larger budget"])
 
 
 # -- the model's parts ----------------------------------------------------------------------
@@ -298,38 +325,50 @@ def gguf_bytes(path) -> int:
     """The bytes of a GGUF file's tensors as stored (they stay quantized in memory)."""
     from gguf import GGUFReader
 
-    return int(sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors))
+    try:
+        return int(sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotAvailableError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
 
 
 def parts_of_name(name: str, dtype_bytes: int = 2, transformer_file=None) -> Parts:
     """:class:`Parts` of a model named for ``editflow plan`` without loading its weights: a FLUX zoo
-    name (architecture from its published configs), or a local FLUX pipeline folder (its configs
-    built on the meta device); built-in models are loaded (they are small). ``transformer_file``:
-    a ``.gguf`` transformer counts its stored bytes."""
+    name or its hub id (architecture from its published configs), or a local FLUX pipeline folder
+    (its configs built on the meta device); built-in models are loaded (they are small).
+    ``transformer_file``: a ``.gguf`` transformer counts its stored bytes (a ``.safetensors`` one
+    has the model's own architecture and size)."""
     import dataclasses
+
+    from .models.zoo import ZOO, load_model, read_model_index
 
     if transformer_file is not None and str(transformer_file).endswith(".gguf"):
         return dataclasses.replace(parts_of_name(name, dtype_bytes), gguf_bytes=gguf_bytes(transformer_file))
-    from .models.zoo import ZOO, load_model, read_model_index
-
+    name = next((n for n, e in ZOO.items() if e.hub_id == name and n in KNOWN_ARCHITECTURES), name)
     if name in KNOWN_ARCHITECTURES:
         pipe = meta_flux_pipeline(KNOWN_ARCHITECTURES[name])
-        return parts_of_pipeline(pipe, name, "flux", 512, dtype_bytes)
+        return parts_of_pipeline(pipe, name, "flux", T5_TOKENS.get(name, 512), dtype_bytes)
     entry = ZOO.get(name)
     if entry is not None and entry.builtin:
-        return parts_of_model(load_model(name, device="cpu", progress=False))
+        dtype = {2: torch.bfloat16, 4: torch.float32}.get(dtype_bytes, torch.float32)
+        return parts_of_model(load_model(name, device="cpu", dtype=dtype, progress=False))
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise ModelNotAvailableError(
-            f"a plan needs {name!r}'s architecture: use {', '.join(KNOWN_ARCHITECTURES)}, a built-in model, or a "
-            "local FLUX pipeline folder")
+            f"a plan needs the architecture of {name}: use {', '.join(KNOWN_ARCHITECTURES)} (or their hub ids), a "
+            "built-in model, or a local FLUX pipeline folder")
     cls = read_model_index(folder)["_class_name"]
     if cls != "FluxPipeline":
         raise ModelNotAvailableError(f"{name}: memory plans cover FLUX pipelines so far, this one is a {cls}")
-    return parts_of_pipeline(_meta_from_folder(folder), name, "flux", 512, dtype_bytes)
+    try:
+        pipe, tokens = _meta_from_folder(folder)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise ModelNotAvailableError(f"cannot read the component configs of {name}: {str(exc).splitlines()[0]}") from None
+    return parts_of_pipeline(pipe, name, "flux", tokens, dtype_bytes)
 
 
 def _meta_from_folder(folder: Path):
+    """A folder's transformer, text encoders and VAE built on the meta device from their configs,
+    and the T5 tokens its FLUX adapter encodes (512, or less where the tokenizer stops sooner)."""
     import diffusers
     import transformers
 
@@ -346,7 +385,11 @@ def _meta_from_folder(folder: Path):
             else:
                 cls = getattr(transformers, cls_name)
                 parts[sub] = cls(transformers.AutoConfig.from_pretrained(folder / sub))
-    return type("MetaPipeline", (), parts)()
+    tokens = 512
+    tokenizer = folder / "tokenizer_2" / "tokenizer_config.json"
+    if tokenizer.is_file():
+        tokens = min(tokens, int(json.loads(tokenizer.read_text()).get("model_max_length", tokens)))
+    return type("MetaPipeline", (), parts)(), tokens
 
 
 def _require_flux(family: str, name: str) -> None:
@@ -420,9 +463,10 @@ def store_bytes(parts: Parts, method: str, p, image_tokens: int, foreground_toke
     return 0, ""
 
 
-def usable_bytes(budget: int) -> int:
-    """What a budget leaves for torch's tensors: less the reserve and the fragmentation margin."""
-    return int(budget * (1 - FRAGMENTATION)) - RESERVE_BYTES
+def usable_bytes(budget: int, card: bool = True) -> int:
+    """What a budget leaves for torch's tensors: 98% of it, less the workspaces and, for a card's
+    size (``card``), the CUDA context."""
+    return int(budget * (1 - FRAGMENTATION)) - WORKSPACE_BYTES - (CONTEXT_BYTES if card else 0)
 
 
 def parse_bytes(text: str) -> int:
@@ -436,9 +480,13 @@ def parse_bytes(text: str) -> int:
 
 # -- the plan -------------------------------------------------------------------------------
 def plan(parts: Parts, method: str, height: int, width: int, params: dict | None = None, quantize: str | None = None,
-         budget: int | None = None, mask_fraction: float = 0.25, n_subjects: int = 0) -> Plan:
+         budget: int | None = None, mask_fraction: float = 0.25, n_subjects: int = 0, auto_mask: bool = False,
+         card: bool = True, host_budget: int | None = None) -> Plan:
     """The memory plan of ``method`` (with ``params`` overrides) at ``height x width`` on ``parts``.
-    ``mask_fraction``: the share of image tokens a mask marks (KV-Edit's store holds the rest)."""
+    ``mask_fraction``: the share of image tokens a mask marks (KV-Edit's store holds the rest);
+    ``auto_mask``: the mask comes from the model (one call of ``2 DRAWS`` rows). ``budget``: GPU
+    bytes (``card``: a card's whole size, else free memory); ``host_budget``: host bytes, if known."""
+    from .masks import DRAWS
     from .methods import get_method
 
     _require_flux(parts.family, parts.name)
@@ -450,7 +498,7 @@ def plan(parts: Parts, method: str, height: int, width: int, params: dict | None
     if height % f or width % f or height <= 0 or width <= 0:
         raise ParameterError(f"size {width}x{height} is not a positive multiple of {f}")
     n = (height // f) * (width // f)
-    rows = m.rows_per_call(p, n_subjects)
+    rows = max(m.rows_per_call(p, n_subjects), 2 * DRAWS if auto_mask else 0)
     weights = {"transformer": transformer_weight_bytes(parts, quantize)}
     weights.update({name: nbytes for name, nbytes, _ in parts.text_encoders})
     weights["vae"] = parts.vae_bytes
@@ -462,39 +510,44 @@ def plan(parts: Parts, method: str, height: int, width: int, params: dict | None
     act_vae = max(vae_enc, vae_dec)
     store, detail = store_bytes(parts, method, p, n, round(mask_fraction * n))
     latents = LATENT_TENSORS * rows * n * 4 * parts.latent_channels * 4
-    result = Plan(parts, method, (width, height), rows, quantize, budget, weights, act, act_te, act_vae, store, detail,
-                  prompts, latents)
+    result = Plan(parts, method, (width, height), rows, quantize, budget, card, host_budget, weights, act, act_te,
+                  act_vae, store, detail, p, prompts, latents)
     w_t, w_vae = weights["transformer"], parts.vae_bytes
     w_te = sum(nbytes for _, nbytes, _ in parts.text_encoders)
     leaf_te = max((leaf for _, _, leaf in parts.text_encoders), default=0)
-    largest_te = max((nbytes for _, nbytes, _ in parts.text_encoders), default=0)
+    w_te_rest = w_te - max((nbytes for _, nbytes, _ in parts.text_encoders), default=0)
     total = w_t + w_te + w_vae
     vae = act_vae + prompts  # the prompt cache keeps the encoded prompts
-    for offload in ((False, True) if store else (False,)):
+    quantized = quantize is not None or parts.gguf_bytes is not None
+    offloads = (True,) if getattr(p, "offload", False) else (False, True) if store else (False,)
+    for offload in offloads:
         loop = act + prompts + latents + (0 if offload else store)
         host_store = store if offload else 0
         peaks = {
             "gpu": (w_t + w_te + w_vae + max(act_te, vae, loop), host_store),
             "text-encoders-offload": (w_t + w_vae + max(leaf_te + act_te, vae, loop), w_te + host_store),
-            "model-offload": (max(largest_te + act_te, w_t + loop, w_vae + vae), total + host_store),
+            "model-offload": (w_vae + max(w_te + act_te, w_t + w_te_rest + loop, w_te_rest + vae), total + host_store),
             "sequential-offload": (parts.largest_leaf_bytes + max(act_te, vae, loop), total + host_store),
         }
-        result.placements += [Placement(name, offload, *peaks[name]) for name in PLACEMENTS]
+        result.placements += [Placement(name, offload, *peaks[name]) for name in PLACEMENTS
+                              if not (quantized and name == "sequential-offload")]
     order = {name: i for i, name in enumerate(PLACEMENTS)}
     result.placements.sort(key=lambda pl: (order[pl.name], pl.store_offload))
     if budget is not None:
         for pl in result.placements:
-            pl.fits = pl.gpu_peak <= usable_bytes(budget)
+            pl.fits = pl.gpu_peak <= usable_bytes(budget, card) and (host_budget is None or pl.host <= host_budget)
     return result
 
 
 # -- measuring ------------------------------------------------------------------------------
 class TensorBytes:
     """Counts the bytes of live tensors allocated inside it, and their peak (``peak``), on any device:
-    torch's CPU allocator keeps no statistics, so this is the CPU's ``max_memory_allocated``.
+    torch's CPU allocator keeps no statistics, so this stands in for ``max_memory_allocated`` there.
 
     Every operator's output storage that none of its inputs shares is counted until the storage is
     freed (a weak reference tells). Tensors that existed before (weights) are not counted: add them.
+    Not seen: a storage grown in place (``out=`` into a smaller tensor, ``resize_``) counts at its
+    first size, and kernels' private workspaces (cuBLAS, cuDNN) not at all.
 
     >>> with TensorBytes() as counted:
     ...     editflow.edit(model, image, "a cat", "a dog")
@@ -579,39 +632,63 @@ def budget_for(memory: str, device: torch.device) -> int | None:
     return parse_bytes(memory)
 
 
+def _cached(hub_id: str) -> bool:
+    """Whether a hub model's index is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "model_index.json"), str)
+
+
 def plan_for_edit(name: str, method: str, size: tuple[int, int], params: dict, device: torch.device, memory: str,
                   dtype_bytes: int, quantize: str | None = None, mask_fraction: float = 0.0,
-                  n_subjects: int = 0, transformer_file=None) -> Plan | None:
+                  n_subjects: int = 0, transformer_file=None, auto_mask: bool = False) -> Plan | None:
     """The plan ``editflow edit --memory`` applies, made before the model loads, or None where there
     is none to make (``--memory off``, a built-in model, a model outside the FLUX family with
-    ``--memory auto``, a hub id). Raises one line when nothing fits the budget."""
+    ``--memory auto``, a hub id other than FLUX.1's, a FLUX.1 model not downloaded yet). Raises one
+    line when nothing fits."""
     from .models.zoo import ZOO, read_model_index
 
     budget = budget_for(memory, device)
     entry = ZOO.get(name)
     if budget is None or (entry is not None and entry.builtin):
         return None
+    auto = str(memory).strip().lower() == "auto"
     local = Path(name).expanduser()
-    if name in KNOWN_ARCHITECTURES:
+    hub = next((e.hub_id for n, e in ZOO.items() if n in KNOWN_ARCHITECTURES and name in (n, e.hub_id)), None)
+    if hub is not None:
+        if not _cached(hub):
+            return None  # not downloaded: loading says how to get it, which matters first
         flux = True
     elif local.is_dir():
         flux = read_model_index(local)["_class_name"] == "FluxPipeline"
-    else:
+    elif auto:
         return None  # a hub id (its configs are not here before it downloads), or another zoo family
+    else:
+        flux = False
     if not flux:
-        if str(memory).strip().lower() == "auto":
+        if auto:
             return None
-        raise ParameterError(f"--memory {memory}: memory plans cover FLUX pipelines so far; use --memory off")
+        raise ParameterError(f"--memory {memory}: memory plans cover FLUX.1 zoo names and local FLUX folders so far; "
+                             "use --memory off")
+    cuda = device.type == "cuda"
     parts = parts_of_name(name, dtype_bytes, transformer_file)
-    result = plan(parts, method, size[1], size[0], params, quantize, budget, mask_fraction, n_subjects)
-    if device.type == "cpu":  # one memory: everything in it, or nothing
-        result.placements = result.placements[:1]
+    result = plan(parts, method, size[1], size[0], params, quantize, budget, mask_fraction, n_subjects, auto_mask,
+                  card=not auto, host_budget=host_available_bytes() if cuda else None)
+    if not cuda:  # one memory: all of it in the host's, or nothing
+        one = result.placements[0]
+        one.gpu_peak, one.host = one.gpu_peak + one.host, 0
+        one.fits = one.gpu_peak <= usable_bytes(budget, card=False)
+        result.placements = [one]
     if result.chosen is None:
+        usable = usable_bytes(budget, card=not auto and cuda)
         need = min(pl.gpu_peak for pl in result.placements)
-        where = "GPU" if device.type == "cuda" else "host"
-        raise EditflowError(f"{method} on {name} at {size[0]}x{size[1]} needs at least {need / GIB:.1f} GiB of {where} "
-                            f"memory and {budget / GIB:.1f} GiB is available: {result.advice()} "
-                            "(`editflow plan` shows the terms; --memory off runs anyway)")
+        if cuda and need <= usable:
+            raise EditflowError(f"{method} on {name} at {size[0]}x{size[1]} fits the GPU only by keeping more in host "
+                                f"memory than the {result.host_budget / GIB:.1f} GiB available: {result.advice()} "
+                                "(`editflow plan` shows the terms; --memory off runs anyway)")
+        raise EditflowError(f"{method} on {name} at {size[0]}x{size[1]} needs at least {need / GIB:.1f} GiB of "
+                            f"{'GPU' if cuda else 'host'} memory and {usable / GIB:.1f} GiB is usable: "
+                            f"{result.advice(cuda)} (`editflow plan` shows the terms; --memory off runs anyway)")
     return result
 
 

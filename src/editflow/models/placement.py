@@ -8,7 +8,12 @@ diffusers' and accelerate's own offloading.
 | ``model-offload`` | ``pipe.enable_model_cpu_offload``: each component moves in whole when it runs | the transformer crosses once per edit |
 | ``sequential-offload`` | ``pipe.enable_sequential_cpu_offload``: every layer moves when it runs | every layer crosses on every call |
 
-On a CPU device there is one memory: every placement is ``pipe.to("cpu")``.
+On a CPU device there is one memory: every placement is ``pipe.to("cpu")``. Tested without a GPU
+by running :func:`offload` with the CPU as the execution device: model offload edits bit for bit
+as before; text-encoder offload encodes prompts bit for bit (a whole edit cannot run that way on
+the CPU, where the pipeline, its transformer and VAE on the CPU and its text encoders on ``meta``,
+reports ``meta`` as its device; on a GPU the transformer makes it the GPU); sequential offload
+fails inside accelerate on the CPU and is untested.
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ only on a GPU, so it is refused on the CPU and for the built-in models, which ar
 
 Only the transformer is quantized (the text encoders and the VAE run once per prompt and image).
 Attention control is unaffected: editflow's hooks sit after the q/k/v projections, whatever
-their weights are (tested with KV-Edit on an int8 model). LoRAs load before quantization and stay
-unmerged in the model's dtype beside the quantized base weights (peft's LoRA layer adds ``B A x``
-to the quantized layer's output), the way QLoRA runs. Measured on the shapes model: see the README's *Memory and hardware*.
+their weights are (tested with KV-Edit on an int8 model). LoRAs stay unmerged in the model's dtype
+beside the quantized base weights (peft's LoRA layer adds ``B A x`` to the quantized layer's
+output), the way QLoRA runs: with torchao they load first and are left out of the quantization;
+with nf4 they load into the already quantized model. A GGUF transformer is quantized already and
+refuses ``--quantize``; sequential offload is not offered for quantized transformers. Measured on the shapes model: see the README's *Memory and hardware*.
 """
 
 from __future__ import annotations

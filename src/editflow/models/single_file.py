@@ -64,8 +64,6 @@ def load_transformer(path: Path, source: str, torch_dtype: torch.dtype, quantiza
     cls = transformer_class(source)
     kwargs = dict(config=source, subfolder="transformer", torch_dtype=torch_dtype)
     if quantization_config is not None:
-        if path.suffix == ".gguf":
-            raise ModelNotAvailableError(f"{path.name} is GGUF, quantized already: drop --quantize")
         kwargs["quantization_config"] = quantization_config
     if path.suffix == ".gguf":
         from diffusers import GGUFQuantizationConfig

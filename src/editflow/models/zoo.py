@@ -335,8 +335,12 @@ def load_model(
     loras = [parse_lora(spec) for spec in lora or []]
     device = resolve_device(device)
     check_quantize(quantize, device)
-    check_placement(placement)
+    if check_placement(placement) == "sequential-offload" and quantize is not None:
+        raise ModelNotAvailableError("sequential offload is not offered for a quantized transformer (untested with "
+                                     "quantized weights): use model-offload or drop --quantize")
     transformer_file = None if transformer is None else check_transformer_file(transformer)
+    if transformer_file is not None and transformer_file.suffix == ".gguf" and quantize is not None:
+        raise ModelNotAvailableError(f"{transformer_file.name} is GGUF, quantized already: drop --quantize")
     entry = ZOO.get(name_or_path)
     if entry is not None and entry.refusal:
         raise ModelNotAvailableError(f"{name_or_path}: {entry.refusal}")
