@@ -186,3 +186,25 @@ def test_append_record_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / "results.r0.jsonl") in message
     assert "disk is full" in message and "resumes" in message
+
+
+def test_load_options_reach_the_model_and_name_it_in_the_records(edit_set, tmp_path):
+    """`bench run --quantize int8`: the model is quantized (the edits differ from float32's), every
+    record names it, and a bad option is refused before the output folder exists."""
+    from typer.testing import CliRunner
+
+    from editflow.cli import app
+
+    runner = CliRunner()
+    args = ["bench", "run", "--data", str(edit_set), "--methods", "flowedit", "--model", "tiny-flux", "--set",
+            "steps=4", "--device", "cpu", "-q", "--baselines", "none", "--limit", "2"]
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "plain")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "int8"), "--quantize", "int8"])
+    assert r.exit_code == 0, r.output
+    plain, int8 = (sorted(read_records(tmp_path / d), key=lambda x: x["item"]) for d in ("plain", "int8"))
+    assert [x["model"] for x in int8] == ["tiny-flux quantize=int8"] * 2 and plain[0]["model"] == "tiny-flux"
+    assert {x["key"] for x in plain}.isdisjoint(x["key"] for x in int8)
+    assert any(a["metrics"] != b["metrics"] for a, b in zip(plain, int8))
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "bad"), "--lora", str(tmp_path / "missing.safetensors")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr and not (tmp_path / "bad").exists()

@@ -144,13 +144,9 @@ def edit_cmd(
         backend = attention_backend(attention)  # a bad name fails before the model loads
         placement = None
         from .memory import budget_for
-        from .models.quantize import check_quantize
-        from .models.single_file import check_transformer_file
-        from .models.zoo import resolve_device
+        from .models.zoo import check_load_options
 
-        check_quantize(quantize, resolve_device(device))  # what load_model checks first, before the plan
-        if transformer is not None:
-            check_transformer_file(transformer)
+        check_load_options(lora, quantize, transformer, device)  # what load_model checks first, before the plan
         budget_for(memory, torch_device("cpu"))  # a bad --memory fails even where no plan is made
         if not cpu_offload:  # the memory plan, before any weight loads (--cpu-offload: the user placed it)
             placement = _memory_plan(name, method, fit_size(*pil.size, 16), overrides, device, dtype, memory, quantize,
@@ -589,6 +585,11 @@ def bench_run_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present)."),
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Baselines scored beside the methods: "
                                             "identity,regeneration,vae_ceiling (the default: all three) or none."),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), "
+                                             "as for `edit`."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`."),
+    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer "
+                                               "replacing --model's, as for `edit`."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Edit every item of --data with every method; one JSONL record per edit with its metrics.
@@ -622,9 +623,11 @@ def bench_run_cmd(
             name, path = pair.split("=", 1)
             paths[name.strip()] = path
         names = [m.strip() for m in methods.split(",") if m.strip()]
+        load_options = {k: v for k, v in dict(lora=lora or None, quantize=quantize, transformer=transformer).items()
+                        if v is not None}
         shard = run(str(data), names, model or DEFAULT_MODEL, str(out), sets or [],
                     [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, items, device, not quiet, limits,
-                    chosen_baselines)
+                    chosen_baselines, load_options)
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:

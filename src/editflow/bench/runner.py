@@ -63,6 +63,15 @@ def record_key(item: str, method: str, params: dict, model: str, seed: int) -> s
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+def model_label(model_name: str, load_options: dict) -> str:
+    """``flux-dev``, or with load options ``flux-dev lora=a.safetensors:0.8 quantize=int8``."""
+    words = [model_name]
+    for key in sorted(load_options):
+        value = load_options[key]
+        words.append(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
+    return " ".join(words)
+
+
 def read_records(out: Path, repair: Path | None = None) -> list[dict]:
     """All complete records of every shard in ``out``, each key once (the first one read, so that
     an edit done twice by an older version counts once); ``repair`` names the shard (this
@@ -321,33 +330,39 @@ def _save(image, path: Path) -> None:
 def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str] | None = None,
         metrics: list[str] | None = None, metric_paths: dict[str, str] | None = None, seed: int = 0,
         limit: int | None = None, device: str | None = None, progress: bool = True,
-        limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES) -> Path:
+        limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES,
+        load_options: dict | None = None) -> Path:
     """Run every (item, method) and (item, baseline) not yet in ``out``; returns this process's shard path.
 
-    Checks everything :func:`prepare` lists, creates ``out`` and takes its lock (:func:`run_lock`)
-    before any model loads."""
+    Checks everything :func:`prepare` lists and ``load_options`` (``lora``, ``quantize``,
+    ``transformer``: :func:`editflow.load_model`'s), creates ``out`` and takes its lock
+    (:func:`run_lock`) before any model loads. Records name the model with its options
+    (``flux-dev quantize=int8``), so a run resumed with other options edits again."""
     from ..api import edit
     from ..images import load_image
     from ..methods import get_method
-    from ..models.zoo import load_model
+    from ..models.zoo import check_load_options, load_model
 
     rank, world_size = process_rank()
     limits = limits or Limits.from_env()
     baselines = parse_baselines(baselines)
+    load_options = dict(load_options or {})
+    check_load_options(device=device, **load_options)
     items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines)
+    label = model_label(model_name, load_options)
     root = Path(out)
     with writing(root, "pass another --out"):
         root.mkdir(parents=True, exist_ok=True)
     shard = root / f"results.r{rank}.jsonl"
     with run_lock(root, rank):
         metric_list = pixel_metrics() + [oracle_metric()] + model_metrics(metrics or [], metric_paths or {}, device)
-        model = load_model(model_name, device=device, progress=progress)
+        model = load_model(model_name, device=device, progress=progress, **load_options)
         resolved = _resolved(methods, overrides, model.family, limits)
         resolved.update({b: baseline_params(b) for b in baselines})
         done = {r["key"] for r in read_records(root, repair=shard)}
         todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank
                 for m in [*methods, *(b for b in baselines if applies(b, rec.target_image))]
-                if record_key(rec.id, m, resolved[m], model_name, seed) not in done]
+                if record_key(rec.id, m, resolved[m], label, seed) not in done]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -368,7 +383,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
                               mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])
                 image, nfe, seconds, peak = result.image, result.nfe, result.seconds, result.peak_memory_bytes
-            key = record_key(rec.id, m, resolved[m], model_name, seed)
+            key = record_key(rec.id, m, resolved[m], label, seed)
             rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + ".png")
             _save(image, root / rel)
             src, edited = np.asarray(source), np.asarray(image)
@@ -377,7 +392,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 values.update(metric.fn(src, edited, rec))
             append_record(shard, {
                 "key": key, "item": rec.id, "category": rec.category, "method": m, "params": resolved[m],
-                "model": model_name, "seed": seed, "metrics": {k: _finite(v) for k, v in values.items()},
+                "model": label, "seed": seed, "metrics": {k: _finite(v) for k, v in values.items()},
                 "nfe_calls": nfe.calls, "nfe_rows": nfe.rows, "seconds": seconds,
                 "peak_memory_bytes": peak, "image": str(rel), "source_image": str(rec.image),
                 "rank": rank, "baseline": m in baselines,

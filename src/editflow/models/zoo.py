@@ -287,6 +287,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return d
 
 
+def check_load_options(lora=None, quantize: str | None = None, transformer=None, device=None,
+                       placement: str | None = None):
+    """``load_model``'s options checked without loading anything: the parsed LoRAs, the device and
+    the transformer file (or None); one-line errors for a missing or pickled file, a quantization
+    this device cannot run, or a combination that does not go together."""
+    from .lora import parse_lora
+    from .placement import check_placement
+    from .quantize import check_quantize
+    from .single_file import check_transformer_file
+
+    if isinstance(lora, (str, Path)):
+        lora = [lora]
+    loras = [parse_lora(spec) for spec in lora or []]
+    device = resolve_device(device)
+    check_quantize(quantize, device)
+    if check_placement(placement) == "sequential-offload" and quantize is not None:
+        raise ModelNotAvailableError("sequential offload is not offered for a quantized transformer (untested with "
+                                     "quantized weights): use model-offload or drop --quantize")
+    transformer_file = None if transformer is None else check_transformer_file(transformer)
+    if transformer_file is not None and transformer_file.suffix == ".gguf" and quantize is not None:
+        raise ModelNotAvailableError(f"{transformer_file.name} is GGUF, quantized already: drop --quantize")
+    return loras, device, transformer_file
+
+
 def load_model(
     name_or_path: str | None = None,
     dtype: str | torch.dtype | None = None,
@@ -324,23 +348,13 @@ def load_model(
     if not isinstance(name_or_path, str):
         raise ModelNotAvailableError(f"a model is named by a string (zoo name, folder or hub id), got "
                                      f"{type(name_or_path).__name__}")
-    from .lora import apply_loras, parse_lora
-    from .placement import check_placement, place
-    from .quantize import AT_LOAD, check_quantize, load_time_config, quantize_transformer
-    from .single_file import check_transformer_file, load_transformer
+    from .lora import apply_loras
+    from .placement import place
+    from .quantize import AT_LOAD, load_time_config, quantize_transformer
+    from .single_file import load_transformer
 
     # every file and option is checked before anything loads
-    if isinstance(lora, (str, Path)):
-        lora = [lora]
-    loras = [parse_lora(spec) for spec in lora or []]
-    device = resolve_device(device)
-    check_quantize(quantize, device)
-    if check_placement(placement) == "sequential-offload" and quantize is not None:
-        raise ModelNotAvailableError("sequential offload is not offered for a quantized transformer (untested with "
-                                     "quantized weights): use model-offload or drop --quantize")
-    transformer_file = None if transformer is None else check_transformer_file(transformer)
-    if transformer_file is not None and transformer_file.suffix == ".gguf" and quantize is not None:
-        raise ModelNotAvailableError(f"{transformer_file.name} is GGUF, quantized already: drop --quantize")
+    loras, device, transformer_file = check_load_options(lora, quantize, transformer, device, placement)
     entry = ZOO.get(name_or_path)
     if entry is not None and entry.refusal:
         raise ModelNotAvailableError(f"{name_or_path}: {entry.refusal}")
