@@ -73,3 +73,20 @@ def test_nf4_is_diffusers_bitsandbytes_config_for_the_transformer_only():
     assert pipe_cfg.quant_backend == "bitsandbytes_4bit" and pipe_cfg.components_to_quantize == ["transformer"]
     assert pipe_cfg.quant_kwargs == dict(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                          bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def test_ui_serves_the_quantized_model_and_refuses_bad_options_first(monkeypatch):
+    import editflow.ui.app as ui_app
+    from typer.testing import CliRunner
+
+    from editflow.cli import app
+
+    served = []
+    monkeypatch.setattr(ui_app, "launch", lambda name, **kw: served.append(kw["model"]))
+    runner = CliRunner()
+    r = runner.invoke(app, ["ui", "--model", "tiny-flux", "--quantize", "int8"])
+    assert r.exit_code == 0, r.output
+    (model,) = served
+    assert type(model.pipe.transformer.transformer_blocks[0].attn.to_q.weight).__name__ == "Int8Tensor"
+    r = runner.invoke(app, ["ui", "--model", "tiny-flux", "--quantize", "int3"])
+    assert r.exit_code == 2 and "unknown quantization" in r.stderr and len(served) == 1

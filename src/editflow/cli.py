@@ -551,16 +551,26 @@ def ui_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
     port: int = typer.Option(7860, "--port", help="Port to serve on."),
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE."),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), "
+                                             "as for `edit`."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`."),
+    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer "
+                                               "replacing --model's, as for `edit`."),
 ) -> None:
     """Edit in the browser: a Gradio app (needs `pip install "editflow[ui]"`)."""
     _quiet_libraries()
     try:
         from .limits import Limits
+        from .models.zoo import DEFAULT_MODEL, check_load_options, load_model
         from .ui.app import launch
 
         limits = Limits.from_env().updated(limit)
+        adapter = None
+        if lora or quantize or transformer:  # the options are checked before the model loads
+            check_load_options(lora, quantize, transformer)
+            adapter = load_model(model or DEFAULT_MODEL, lora=lora, quantize=quantize, transformer=transformer)
         typer.echo(f"editflow UI on http://{host}:{port} (Ctrl+C stops it)", err=True)
-        launch(model, host=host, port=port, block=True, limits=limits)
+        launch(model, host=host, port=port, block=True, limits=limits, model=adapter)
     except EditflowError as exc:
         _fail(str(exc))
 
