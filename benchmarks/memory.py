@@ -34,29 +34,13 @@ from editflow import memory
 from editflow.methods import get_method
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed import FULL_METHODS  # noqa: E402
+from speed import FULL_METHODS, build_model, shrunk_params  # noqa: E402
 
 
-def build(args, dtype: torch.dtype):
-    from editflow.models.random import build_random_flux
-
-    double, single = (int(x) for x in args.layers.split(",")) if args.layers else (None, None)
-    pipe = build_random_flux("flux-dev", double=double, single=single, heads=args.heads, dtype=dtype)
-    pipe.to(args.device)
-    return editflow.wrap_pipeline(pipe, name="flux-dev-random" + (f"-{args.layers}-h{args.heads}" if args.layers else ""))
-
-
-def params_for(model, name: str, steps: int | None) -> dict:
-    kw = {}
-    if steps:
-        kw["steps"] = steps
-        defaults = get_method(name).params.for_family(model.family)
-        for field, limit in (("inject", steps), ("skip", steps - 1)):
-            if hasattr(defaults, field):
-                kw[field] = min(getattr(defaults, field), limit)
-    if name == "stable_flow" and not model.vital_layers and len(model.attention_layers()) != 57:
-        kw["layers"] = model.attention_layers()[0]  # a shrunk model has no vital-layer list
-    return kw
+def build(args, dtype_name: str):
+    """speed.py's random-weight FLUX.1-dev (shrunk by ``--layers`` / ``--heads``) in ``dtype_name``."""
+    return build_model(argparse.Namespace(model=None, arch="flux-dev", layers=args.layers, heads=args.heads,
+                                          dtype=dtype_name, device=args.device))
 
 
 def measured_peak(model, run) -> int:
@@ -76,7 +60,7 @@ def measured_peak(model, run) -> int:
 
 def measure(model, parts, name: str, size: int, steps: int | None) -> dict:
     m = get_method(name)
-    kw = params_for(model, name, steps)
+    kw = shrunk_params(model, name, steps)
     rng = np.random.default_rng(size)
     image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     mask = None
@@ -130,7 +114,7 @@ def main() -> None:
             "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:])}
     results = []
     for dtype_name in args.dtypes.split(","):
-        model = build(args, getattr(torch, dtype_name))
+        model = build(args, dtype_name)
         parts = memory.parts_of_model(model)
         for size in (int(s) for s in args.sizes.split(",")):
             for name in args.methods.split(","):

@@ -74,16 +74,22 @@ def bare_seconds(model, grid, rows: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def method_params(model, name: str, args) -> dict:
+def shrunk_params(model, name: str, steps: int | None) -> dict:
+    """Overrides that let ``name`` run with ``steps`` (None: the paper's) on a possibly shrunk model."""
     kw = {}
-    if args.steps:  # fewer steps: keep the step counts that must fit inside the schedule
-        kw["steps"] = args.steps
+    if steps:  # fewer steps: keep the step counts that must fit inside the schedule
+        kw["steps"] = steps
         defaults = get_method(name).params.for_family(model.family)
-        for field, limit in (("inject", args.steps), ("skip", args.steps - 1)):
+        for field, limit in (("inject", steps), ("skip", steps - 1)):
             if hasattr(defaults, field):
                 kw[field] = min(getattr(defaults, field), limit)
     if name == "stable_flow" and not model.vital_layers and len(model.attention_layers()) != 57:
         kw["layers"] = model.attention_layers()[0]  # a shrunk model has no vital-layer list
+    return kw
+
+
+def method_params(model, name: str, args) -> dict:
+    kw = shrunk_params(model, name, args.steps)
     if name in ("rf_edit", "kv_edit", "fireflow") and args.offload:
         kw["offload"] = True
     return kw

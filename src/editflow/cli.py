@@ -142,16 +142,15 @@ def edit_cmd(
         else:
             raise errors[0]
         backend = attention_backend(attention)  # a bad name fails before the model loads
-        placement = None
-        from .memory import budget_for
+        from .memory import check_memory
         from .models.zoo import check_load_options
 
-        check_load_options(lora, quantize, transformer, device)  # what load_model checks first, before the plan
-        budget_for(memory, torch_device("cpu"))  # a bad --memory fails even where no plan is made
+        _, dev, _ = check_load_options(lora, quantize, transformer, device)  # what load_model checks first
+        check_memory(memory)  # a bad --memory fails even where no plan is made
+        placement = None
         if not cpu_offload:  # the memory plan, before any weight loads (--cpu-offload: the user placed it)
-            placement = _memory_plan(name, method, fit_size(*pil.size, 16), overrides, device, dtype, memory, quantize,
+            placement = _memory_plan(name, method, fit_size(*pil.size, 16), overrides, dev, dtype, memory, quantize,
                                      mask, limits, len(subjects), quiet, transformer)
-        # load_model checks --lora, --quantize and --transformer before it loads anything
         adapter = load_model(name, dtype=dtype, device=device, family=family, cpu_offload=cpu_offload,
                              progress=not quiet, lora=lora, quantize=quantize, transformer=transformer,
                              placement=placement)
@@ -190,18 +189,15 @@ def edit_cmd(
         )
 
 
-def _memory_plan(name, method, size, overrides, device, dtype, memory, quantize, mask, limits, n_subjects, quiet,
+def _memory_plan(name, method, size, overrides, dev, dtype, memory, quantize, mask, limits, n_subjects, quiet,
                  transformer=None):
     """``--memory``: the placement the plan picks (None: no plan), with the method's feature store
     moved to host memory (``overrides["offload"]``) where the plan says; one line when nothing fits."""
-    import torch
-
     from .images import load_mask
-    from .memory import GIB, STORE_METHODS, plan_for_edit
-    from .models.zoo import _parse_dtype, resolve_device
+    from .memory import GIB, plan_for_edit
+    from .models.zoo import checkpoint_dtype
 
-    dev = resolve_device(device)
-    torch_dtype = _parse_dtype(dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    torch_dtype = checkpoint_dtype(dtype, dev)
     fraction = 0.0  # no mask yet (auto, or none): KV-Edit's store at its largest
     if mask is not None and str(mask) != "auto":
         fraction = float(load_mask(mask, size, limits).float().mean())
@@ -210,18 +206,12 @@ def _memory_plan(name, method, size, overrides, device, dtype, memory, quantize,
     if result is None:
         return None
     chosen = result.chosen
-    if chosen.store_offload and method in STORE_METHODS:
+    if chosen.store_offload:  # only methods with a feature store (and an offload parameter) have such rows
         overrides["offload"] = True
     if not quiet and dev.type == "cuda":  # on the CPU the plan only checks that the edit fits
         typer.echo(f"memory plan: {chosen.label}, peak {chosen.gpu_peak / GIB:.1f} GiB of "
                    f"{result.budget / GIB:.1f} GiB available", err=True)
     return chosen.name
-
-
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)
 
 
 def attention_backend(name: str | None):
@@ -561,13 +551,12 @@ def ui_cmd(
     _quiet_libraries()
     try:
         from .limits import Limits
-        from .models.zoo import DEFAULT_MODEL, check_load_options, load_model
+        from .models.zoo import DEFAULT_MODEL, load_model
         from .ui.app import launch
 
         limits = Limits.from_env().updated(limit)
         adapter = None
-        if lora or quantize or transformer:  # the options are checked before the model loads
-            check_load_options(lora, quantize, transformer)
+        if lora or quantize or transformer:  # load_model checks them before it loads anything
             adapter = load_model(model or DEFAULT_MODEL, lora=lora, quantize=quantize, transformer=transformer)
         typer.echo(f"editflow UI on http://{host}:{port} (Ctrl+C stops it)", err=True)
         launch(model, host=host, port=port, block=True, limits=limits, model=adapter)

@@ -121,7 +121,6 @@ FRAGMENTATION = 0.02
 K_ACTIVATIONS = {4: 15, 2: 17}  # [S, D] tensors alive at a FLUX call's peak, by element size
 LATENT_TENSORS = 8
 QUANT_BYTES = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5}
-STORE_METHODS = ("rf_edit", "fireflow", "kv_edit")
 
 # FLUX.1's text encoders and VAE (the transformer's configuration is editflow.models.random.ARCHS)
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -619,17 +618,23 @@ def host_available_bytes() -> int | None:
     return None
 
 
+def check_memory(memory: str) -> str | int:
+    """``--memory`` read: ``"auto"``, ``"off"`` or a size in bytes (a one-line error otherwise)."""
+    memory = str(memory).strip().lower()
+    return memory if memory in ("auto", "off") else parse_bytes(memory)
+
+
 def budget_for(memory: str, device: torch.device) -> int | None:
     """The budget ``--memory`` names on ``device``: ``auto`` = the GPU's free memory (CUDA) or the
     host's available memory (CPU); a size; ``off`` = None (no plan)."""
-    memory = str(memory).strip().lower()
+    memory = check_memory(memory)
     if memory == "off":
         return None
     if memory == "auto":
         if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[0])
         return host_available_bytes()
-    return parse_bytes(memory)
+    return memory
 
 
 def _cached(hub_id: str) -> bool:
@@ -711,11 +716,10 @@ def readme_table(parts: Parts, sizes=(512, 1024), budgets_gib=(24, 48, 80), quan
         for name in sorted(METHODS):
             if parts.family not in METHODS[name].params.FAMILIES:
                 continue
-            cells = [name, str(size)]
+            store = plan(parts, name, size, size, mask_fraction=mask_fraction).store
+            cells = [name, str(size), f"{store / GIB:.1f}"]
             for q in quantizations:
                 plans = [plan(parts, name, size, size, None, q, g * GIB, mask_fraction) for g in budgets_gib]
-                if len(cells) == 2:
-                    cells.append(f"{plans[0].store / GIB:.1f}")
                 cells.append(f"{plans[0].peak_all_on_device / GIB:.1f}")
                 for pl in plans:
                     chosen = pl.chosen

@@ -22,7 +22,8 @@ their weights are (tested with KV-Edit on an int8 model). LoRAs stay unmerged in
 beside the quantized base weights (peft's LoRA layer adds ``B A x`` to the quantized layer's
 output), the way QLoRA runs: with torchao they load first and are left out of the quantization;
 with nf4 they load into the already quantized model. A GGUF transformer is quantized already and
-refuses ``--quantize``; sequential offload is not offered for quantized transformers. Measured on the shapes model: see the README's *Memory and hardware*.
+refuses ``--quantize``; sequential offload is not offered for quantized transformers. Measured on
+the shapes model: see the README's *Memory and hardware*.
 """
 
 from __future__ import annotations

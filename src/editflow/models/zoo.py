@@ -148,6 +148,12 @@ def _parse_dtype(dtype: str | torch.dtype | None, fallback: torch.dtype) -> torc
     return names[dtype]
 
 
+def checkpoint_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``dtype`` for a checkpoint's weights, by default bf16 on GPUs (as the checkpoints ship) and
+    float32 on the CPU, where bf16 is slow and coarse."""
+    return _parse_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
 def wrap_pipeline(pipe, name: str = "pipeline", family: str | None = None, **options):
     """Wrap an already-loaded diffusers pipeline in editflow's adapter for its family
     (``family``: "flux", "sd3" or "unet"; by default read from the pipeline class)."""
@@ -388,8 +394,7 @@ def load_model(
                 f"unknown model {source!r}: use a name from `editflow models` ({', '.join(ZOO)}), "
                 "a local pipeline folder, or a hub id like black-forest-labs/FLUX.1-dev"
             )
-        # bf16 on GPUs (as the checkpoints ship); float32 on the CPU, where bf16 is slow and coarse
-        torch_dtype = _parse_dtype(dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        torch_dtype = checkpoint_dtype(dtype, device)
         with loading_bars(progress):
             if transformer_file is None:
                 parts = {"quantization_config": load_time_config(quantize, torch_dtype)} if quantize in AT_LOAD else {}
