@@ -1,4 +1,6 @@
 import os
+import shutil
+from importlib import resources
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -26,3 +28,51 @@ def source_latent(tiny):
     gen = torch.Generator().manual_seed(123)
     image = torch.rand(1, 3, 64, 64, generator=gen) * 2 - 1
     return tiny.encode_image(image), tiny.grid(64, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("clip")
+    tok = resources.files("editflow") / "assets" / "tokenizers" / "tokenizer"
+    for f in tok.iterdir():
+        shutil.copy(f, folder / f.name)
+    vocab = __import__("json").loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("vit")
+    ViTModel(ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_lpips_squeeze(tmp_path_factory):
+    """A random-weight LPIPS-squeeze safetensors file (learned weights non-negative, as LPIPS')."""
+    from safetensors.torch import save_file
+
+    from editflow.bench.metrics import LPIPSNet
+
+    torch.manual_seed(4)
+    net = LPIPSNet("squeeze")
+    for lin in net.lins:
+        lin.weight.data.abs_()
+    path = tmp_path_factory.mktemp("lpips") / "lpips_squeeze.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
+    return str(path)

@@ -1,8 +1,5 @@
 """Edit metrics with tiny randomly initialised models of the real classes."""
 
-import shutil
-from importlib import resources
-
 import numpy as np
 import pytest
 import torch
@@ -10,38 +7,6 @@ import torch
 from editflow.bench.metrics import (LPIPS, MSE, PSNR, SSIM, ClipImage, ClipText, DinoSimilarity, DreamSim, LPIPSNet,
                                     StructureDistance)
 from editflow.errors import EditflowError
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("clip")
-    tok = resources.files("editflow") / "assets" / "tokenizers" / "tokenizer"
-    for f in tok.iterdir():
-        shutil.copy(f, folder / f.name)
-    vocab = __import__("json").loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory):
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("vit")
-    ViTModel(ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -572,7 +572,11 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("run")
 def bench_run_cmd(
     data: Path = typer.Option(..., "--data", help="FlowEdit .yaml, PIE-Bench mapping_file.json, or a shapes edit set."),
-    methods: str = typer.Option("flowedit", "--methods", help="Comma-separated methods."),
+    methods: str = typer.Option("flowedit", "--methods", help="Comma-separated methods (with --protocol: or all)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="A pinned protocol (pie-bench) or protocol file: "
+                                           "items, prompts, every method's parameters, metrics and units."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="With --protocol: its item subset (pie-bench: all = "
+                                         "700 items, no-style = 620)."),
     out: Path = typer.Option(..., "--out", help="Output folder (results*.jsonl, images/); a re-run resumes."),
     model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="method.key=value (or key=value for all)."),
@@ -597,6 +601,9 @@ def bench_run_cmd(
     through the VAE) are scored on the same items unless --baselines says otherwise.
 
     Under `accelerate launch -m editflow bench run ...` each process takes its share of the items.
+
+    With --protocol pie-bench the run is PIE-Bench as the papers score it (see README,
+    "Reproducing published numbers"); `bench report DIR --compare-published` sets it beside them.
     """
     _quiet_libraries()
     from .bench.baselines import parse_baselines
@@ -622,11 +629,15 @@ def bench_run_cmd(
             name, path = pair.split("=", 1)
             paths[name.strip()] = path
         names = [m.strip() for m in methods.split(",") if m.strip()]
+        if subset is not None and protocol is None:
+            raise EditflowError("--subset picks a protocol's items: pass --protocol too (e.g. --protocol pie-bench)")
+        if "all" in names and (protocol is None or names != ["all"]):
+            raise EditflowError("--methods all means every method a protocol pins: use it alone, with --protocol")
         load_options = {k: v for k, v in dict(lora=lora or None, quantize=quantize, transformer=transformer).items()
                         if v is not None}
         shard = run(str(data), names, model or DEFAULT_MODEL, str(out), sets or [],
                     [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, items, device, not quiet, limits,
-                    chosen_baselines, load_options)
+                    chosen_baselines, load_options, protocol, subset)
     except EditflowError as exc:
         _fail(str(exc))
     if not quiet:
@@ -641,12 +652,17 @@ def bench_report_cmd(
     grid: int = typer.Option(8, "--grid", help="Items in the image grid."),
     against: Optional[str] = typer.Option(None, "--against",
                                           help="A row (e.g. flowedit) every other row is compared with, item by item."),
+    compare_published: bool = typer.Option(False, "--compare-published",
+                                           help="For a --protocol run: write published.md, each method beside the "
+                                           "numbers papers reported (who, second-hand or not, the difference)."),
 ) -> None:
-    """Write DIR/report/: summary.md and .csv (mean ± 95% CI per method and category), plots, grid.png."""
+    """Write DIR/report/: summary.md and .csv (mean ± 95% CI per method and category), plots, grid.png.
+
+    A run made with --protocol gets its table in the papers' units first in summary.md."""
     from .bench.report import report
 
     try:
-        path = report(str(run_dir), x, y, grid, against_row=against)
+        path = report(str(run_dir), x, y, grid, against_row=against, compare_published=compare_published)
     except EditflowError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path} and the plots and grid beside it", err=True)

@@ -11,7 +11,10 @@ Writes into ``DIR/report/`` (each file to a temporary name, then renamed):
 * ``tradeoff.png``: one metric against another per method (default: CLIP-T vs LPIPS when both
   were measured, else background PSNR vs the oracle's edit accuracy);
 * ``nfe.png``: a metric against NFE per method;
-* ``grid.png``: source | each method, for the first ``--grid`` items.
+* ``grid.png``: source | each method, for the first ``--grid`` items;
+* for a run made under a protocol (``bench run --protocol pie-bench``), ``summary.md`` starts with
+  the protocol's table in the papers' units, and ``--compare-published`` writes ``published.md``:
+  the run beside every published number of its methods (:mod:`editflow.bench.published`).
 
 Methods run with several parameter sets are told apart as ``method[hash]``; baselines (identity,
 regeneration, vae_ceiling) are labelled ``name (baseline)`` and listed after the methods.
@@ -325,15 +328,23 @@ def _grid(rows: list[dict], root: Path, folder: Path, n_items: int, cell: int = 
 
 
 def report(run_dir: str, x: str | None = None, y: str | None = None, grid_items: int = 8,
-           title: str | None = None, against_row: str | None = None) -> Path:
+           title: str | None = None, against_row: str | None = None, compare_published: bool = False) -> Path:
+    from .published import protocol_markdown, published_markdown, run_protocol
+
     root = Path(run_dir)
     rows = read_records(root) if root.exists() else []
     if not rows:
         raise EditflowError(f"no results in {root}: run `editflow bench run --out {root}` first")
+    protocol = run_protocol(rows)
+    compared = published_markdown(rows) if compare_published else None  # refused before anything is written
     names, table = summarise(rows)
     folder = root / "report"
     folder.mkdir(exist_ok=True)
     text = markdown(names, table, title or f"Benchmark {root.name}: {len(rows)} edits") + "\n" + paired_markdown(rows, names)
+    if protocol is not None:
+        text = text.replace("\n", "\n\n" + protocol_markdown(rows, protocol), 1)
+    if compared is not None:
+        _write(folder / "published.md", compared)
     if against_row is not None:
         text += "\n" + against_markdown(rows, names, against_row)
     _write(folder / "summary.md", text)

@@ -57,9 +57,12 @@ def process_rank() -> tuple[int, int]:
     return rank, world
 
 
-def record_key(item: str, method: str, params: dict, model: str, seed: int) -> str:
-    blob = json.dumps({"item": item, "method": method, "params": params, "model": model, "seed": seed},
-                      sort_keys=True, default=str)
+def record_key(item: str, method: str, params: dict, model: str, seed: int, protocol: dict | None = None) -> str:
+    """The record's identity; a run under a protocol (``{name, version}``) keys apart from one without."""
+    fields = {"item": item, "method": method, "params": params, "model": model, "seed": seed}
+    if protocol is not None:
+        fields["protocol"] = protocol
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -248,19 +251,42 @@ def model_metrics(names: list[str], paths: dict[str, str], device=None) -> list[
 
 def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | None = None,
             metrics: list[str] | None = None, seed: int = 0, limit: int | None = None,
-            limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES
+            limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES,
+            protocol=None, subset: str | None = None
             ) -> tuple[list[EditRecord], list[str], dict[str, dict[str, Any]]]:
     """What :func:`run` checks before it writes anything or loads a model: the methods (listed
     once each), ``--set`` values (against the model's family when the zoo or the folder tells it),
     metric names, the baselines (names, and regeneration's steps against ``limits``), ``limit`` (>= 1),
     the whole dataset, its images' headers and prompts against
     ``limits`` (and the methods' steps and NFE, when the family is known), and that every item's
-    seed ``seed + i`` lies in ``[0, 2**64 - 1]``. Returns (items, methods, overrides per method)."""
+    seed ``seed + i`` lies in ``[0, 2**64 - 1]``. Returns (items, methods, overrides per method).
+
+    Under a ``protocol`` (:class:`editflow.bench.protocol.Protocol`): the data must be PIE-Bench's,
+    ``--set`` is refused (the protocol pins every parameter), ``methods == ["all"]`` means every
+    method it pins for the model's family, each method must be pinned for that family when the
+    family is known before loading, and the items are those of ``subset``."""
     import numbers
 
     from ..methods import get_method
     from ..models.zoo import model_family
 
+    try:
+        family = model_family(model_name)
+    except (EditflowError, OSError, ValueError):
+        family = None  # a hub id (or a folder load_model will explain): its family is known once loaded
+    if protocol is not None:
+        if sets:
+            raise EditflowError(f"--protocol {protocol.name} pins every method's parameters, so --set is refused: "
+                                "drop --set, or run without --protocol")
+        if methods == ["all"]:
+            if family is None:
+                raise EditflowError(f"--methods all needs the model's family before it loads: name the methods "
+                                    f"(e.g. --methods {','.join(protocol.methods('flux')[:3])})")
+            methods = protocol.methods(family)
+        if family is not None:
+            for m in methods:
+                get_method(m)
+                protocol.params(m, family)
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise EditflowError("--methods names no method: pass e.g. --methods flowedit")
@@ -271,7 +297,15 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     check_metrics(metrics or [])
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
         raise EditflowError(f"--limit must be a whole number >= 1, got {limit!r}: pass --limit N, or leave it out for every item")
-    items = load_dataset(data)[:limit]
+    items = load_dataset(data)
+    if protocol is not None:
+        if not all("editing_type_id" in rec.extras for rec in items):
+            raise EditflowError(f"--protocol {protocol.name} runs on PIE-Bench's mapping_file.json, and {data} is "
+                                "another format: pass --data PIE-Bench's data folder")
+        items = protocol.select(items, subset)
+        if not items:
+            raise EditflowError(f"{data} holds no item of subset {protocol.subset(subset)[0]!r}: pass another --subset")
+    items = items[:limit]
     last = len(items) - 1
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX - last:
         raise EditflowError(f"--seed {seed!r}: item i is edited with seed + i, so for these {len(items)} items "
@@ -279,11 +313,9 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     limits = limits or Limits.from_env()
     check_baselines(baselines, limits)
     _check_images(items, limits)
-    try:
-        family = model_family(model_name)
-    except (EditflowError, OSError, ValueError):
-        family = None  # a hub id (or a folder load_model will explain): its family is known once loaded
     if family is not None:
+        if protocol is not None:
+            overrides = {m: protocol.params(m, family) for m in methods}
         _resolved(methods, overrides, family, limits)
     return items, methods, overrides
 
@@ -331,8 +363,12 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
         metrics: list[str] | None = None, metric_paths: dict[str, str] | None = None, seed: int = 0,
         limit: int | None = None, device: str | None = None, progress: bool = True,
         limits: Limits | None = None, baselines: str | tuple[str, ...] | None = BASELINES,
-        load_options: dict | None = None) -> Path:
+        load_options: dict | None = None, protocol: str | None = None, subset: str | None = None) -> Path:
     """Run every (item, method) and (item, baseline) not yet in ``out``; returns this process's shard path.
+
+    ``protocol`` (a packaged name such as ``pie-bench``, or a protocol file:
+    :mod:`editflow.bench.protocol`) pins the items (``subset``), each method's parameters for the
+    model's family and the metrics; its records add ``protocol: {name, version}`` and ``family``.
 
     Checks everything :func:`prepare` lists and ``load_options`` (``lora``, ``quantize``,
     ``transformer``: :func:`editflow.load_model`'s), creates ``out`` and takes its lock
@@ -348,21 +384,36 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
     baselines = parse_baselines(baselines)
     load_options = dict(load_options or {})
     check_load_options(device=device, **load_options)
-    items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines)
+    pinned = None
+    if protocol is not None:
+        from .protocol import load_protocol
+
+        pinned = load_protocol(protocol)
+    items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines,
+                                        pinned, subset)
+    tag = None if pinned is None else pinned.tag
     label = model_label(model_name, load_options)
     root = Path(out)
     with writing(root, "pass another --out"):
         root.mkdir(parents=True, exist_ok=True)
     shard = root / f"results.r{rank}.jsonl"
     with run_lock(root, rank):
-        metric_list = pixel_metrics() + [oracle_metric()] + model_metrics(metrics or [], metric_paths or {}, device)
+        if pinned is None:
+            metric_list = pixel_metrics() + [oracle_metric()]
+        else:
+            from .protocol import pie_scorer
+
+            metric_list = [Metric(pinned.name, pie_scorer(pinned, metric_paths or {}, device))]
+        metric_list += model_metrics(metrics or [], metric_paths or {}, device)
         model = load_model(model_name, device=device, progress=progress, **load_options)
+        if pinned is not None:  # the family is known now (prepare checked it when it was before)
+            overrides = {m: pinned.params(m, model.family) for m in methods}
         resolved = _resolved(methods, overrides, model.family, limits)
         resolved.update({b: baseline_params(b) for b in baselines})
         done = {r["key"] for r in read_records(root, repair=shard)}
         todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank
                 for m in [*methods, *(b for b in baselines if applies(b, rec.target_image))]
-                if record_key(rec.id, m, resolved[m], label, seed) not in done]
+                if record_key(rec.id, m, resolved[m], label, seed, tag) not in done]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -383,7 +434,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
                               mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])
                 image, nfe, seconds, peak = result.image, result.nfe, result.seconds, result.peak_memory_bytes
-            key = record_key(rec.id, m, resolved[m], label, seed)
+            key = record_key(rec.id, m, resolved[m], label, seed, tag)
             rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + ".png")
             _save(image, root / rel)
             src, edited = np.asarray(source), np.asarray(image)
@@ -396,6 +447,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 "nfe_calls": nfe.calls, "nfe_rows": nfe.rows, "seconds": seconds,
                 "peak_memory_bytes": peak, "image": str(rel), "source_image": str(rec.image),
                 "rank": rank, "baseline": m in baselines,
+                **({} if tag is None else {"protocol": tag, "family": model.family}),
             })
             if bar is not None:
                 bar.update(1)

@@ -13,7 +13,11 @@
   Lower is better; 0 for identical images.
 
 Preprocessing: DINO resizes to the model's size (bicubic); structure distance resizes the shorter
-side to 224 (longer side at most 480) as PIE-Bench. Both use ImageNet mean/std.
+side to 224 (longer side at most 480) as PIE-Bench's ``Resize(224, max_size=480)`` does on its
+0-255 float tensor: bilinear with antialiasing (``resize="bilinear"``, torchvision 0.17+'s tensor
+default; torchvision 0.15-0.16 did not antialias tensors: ``resize="bilinear-noaa"``;
+``resize="bicubic"`` is PIL's bicubic, editflow's choice before protocol 1). Both use ImageNet
+mean/std.
 """
 
 from __future__ import annotations
@@ -107,15 +111,42 @@ class Dinov2Similarity(DinoSimilarity):
                                   Dinov2Model.from_pretrained)
 
 
+RESIZES = ("bilinear", "bilinear-noaa", "bicubic")
+
+
+def resize_shorter_side(images: list[np.ndarray], size: int, pixel_range: float, antialias: bool,
+                        max_size: int = 480) -> torch.Tensor:
+    """torchvision's ``Resize(size, max_size)`` on float tensors (bilinear), then ImageNet-normalised:
+    the shorter side becomes ``size`` (``int(size * long / short)`` the longer), unless the longer
+    would pass ``max_size``, which then wins. All images must share a size."""
+    x = torch.from_numpy(np.stack(images).astype(np.float32) * (pixel_range / 255.0)).permute(0, 3, 1, 2)
+    h, w = x.shape[-2:]
+    short, long = min(h, w), max(h, w)
+    new_short, new_long = size, int(size * long / short)
+    if new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    out = (new_short, new_long) if h <= w else (new_long, new_short)
+    x = torch.nn.functional.interpolate(x, size=out, mode="bilinear", align_corners=False, antialias=antialias)
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
 class StructureDistance(_Dino):
     """PIE-Bench structure distance: MSE between last-layer key self-similarity matrices."""
 
     name = "structure_distance"
     DEFAULT = "facebook/dino-vitb8"
 
-    def __init__(self, model, size: int = 224, batch_size: int = 1, pixel_range: float = 255.0):
+    def __init__(self, model, size: int = 224, batch_size: int = 1, pixel_range: float = 255.0,
+                 resize: str = "bilinear"):
         super().__init__(model, size, batch_size)
-        self.pixel_range = pixel_range
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+        self.pixel_range, self.resize = pixel_range, resize
+
+    def _inputs(self, images) -> torch.Tensor:
+        if self.resize == "bicubic":
+            return preprocess(list(images), self.size, shorter_side=True, pixel_range=self.pixel_range)
+        return resize_shorter_side(list(images), self.size, self.pixel_range, antialias=self.resize == "bilinear")
 
     @torch.no_grad()
     def self_similarity(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -125,7 +156,7 @@ class StructureDistance(_Dino):
         try:
             for part in chunks(images, self.batch_size):
                 keys.clear()
-                x = preprocess(list(part), self.size, shorter_side=True, pixel_range=self.pixel_range)
+                x = self._inputs(part)
                 self.model(pixel_values=x.to(self.device), interpolate_pos_encoding=True)
                 k = torch.nn.functional.normalize(keys[-1].float(), dim=-1)  # [B, T, D] (heads concatenated)
                 sims.append(k @ k.transpose(1, 2))
