@@ -6,7 +6,7 @@
 >>> result.image.save("edited.png")
 """
 
-from .api import EditResult, Subject, edit, generate
+from .api import EditResult, Subject, edit, edit_many, generate
 from .errors import EditflowError, LimitError, ModelNotAvailableError, ParameterError
 from .limits import Limits
 from .methods import METHODS
@@ -33,6 +33,7 @@ __all__ = [
     "Subject",
     "TokenGrid",
     "edit",
+    "edit_many",
     "generate",
     "load_model",
     "wrap_pipeline",

@@ -1,4 +1,4 @@
-"""The Python entry points: :func:`edit` and :func:`generate`."""
+"""The Python entry points: :func:`edit`, :func:`edit_many` and :func:`generate`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .errors import ParameterError
 from .images import as_image, fit_size, load_mask, to_pil, to_tensor
 from .limits import Limits
 from .methods import EditRequest, SubjectTokens, get_method
-from .methods.base import check_work
+from .methods.base import CFG_FAMILIES, check_work
 from .methods.cache import InversionCache
 from .models.base import NFE, FlowModel
 from .models.zoo import load_model
@@ -200,6 +200,69 @@ def edit(
     >>> out = editflow.edit(model, "cat.png", "a cat", "a dog", method="flowedit", seed=0, n_avg=2)
     >>> out.image.save("dog.png"); out.nfe
     """
+    model = _adapter(model, progress)
+    m, p, gen, limits = check_request(model.family, method, source_prompt, target_prompt, params, seed, generator, mask,
+                                      mask_rule, subjects, cache, limits)
+    return _edit_pass(model, m, p, gen, limits, image, source_prompt, [target_prompt], mask, mask_rule, subjects,
+                      cache, progress, seed)[0]
+
+
+def edit_many(
+    model: FlowModel | str,
+    image,
+    source_prompt: str,
+    target_prompts: list[str],
+    method: str = "flowedit",
+    seed: int | None = 0,
+    progress: bool = False,
+    mask=None,
+    mask_rule: str = "any",
+    cache=None,
+    limits: Limits | None = None,
+    **params,
+) -> list[EditResult]:
+    """Edit one image towards each of ``target_prompts``: the same results as
+    ``[edit(model, image, source_prompt, t, method, seed, ...) for t in target_prompts]``, with the
+    work that does not depend on the target done once.
+
+    * Methods with a multi-target pass (``flowedit``: :func:`editflow.methods.flowedit.flowedit_targets`)
+      edit all targets in one pass: each model call evaluates the shared source rows once beside
+      every target's rows. Targets are split into passes whose calls stay within
+      ``limits.max_rows``; each pass re-seeds with ``seed``, so every target sees the same noise
+      as its single edit. A result's ``nfe`` and ``seconds`` are its whole pass's, and
+      ``stats["targets_in_pass"]`` says how many targets shared it.
+    * Every other method runs one edit per target through one :class:`InversionCache` (``cache``,
+      or a new one), so methods whose inversion does not depend on the target (ode_inversion,
+      rf_inversion, rf_edit, fireflow, dit4edit, stable_flow, uniedit, dnaedit, ftedit) invert once.
+      kv_edit, flowalign and personalize_anything redo all their work per target.
+
+    Equal to the separate edits in exact arithmetic; bit for bit for the cached inversions, and for
+    the batched passes wherever the backend computes a row the same way whatever the batch size
+    (tiny-flux on the CPU does for 2 rows and more; GPU kernels may round differently).
+    """
+    model = _adapter(model, progress)
+    if isinstance(target_prompts, str) or not isinstance(target_prompts, (list, tuple)) or not target_prompts:
+        raise ParameterError("target_prompts must be a non-empty list of prompts (one edit per prompt)")
+    targets = list(target_prompts)
+    m, p, _, limits = check_request(model.family, method, source_prompt, targets[0], params, seed, None, mask, mask_rule,
+                                    None, cache, limits)
+    for k, text in enumerate(targets[1:], 1):
+        limits.check_prompt(text, f"target_prompts[{k}]")
+    if m.targets is None or len(targets) == 1 or (isinstance(mask, str) and mask == "auto"):  # auto: a mask per target
+        cache = cache if cache is not None else InversionCache(size=1)
+        return [edit(model, image, source_prompt, t, method, seed, None, progress, mask, mask_rule, None, cache, limits,
+                     **params) for t in targets]
+    cfg = 2 if model.family in CFG_FAMILIES else 1
+    per_pass = max(k for k in range(1, len(targets) + 1) if k == 1 or m.target_rows(p, k) * cfg <= limits.max_rows)
+    out = []
+    for i in range(0, len(targets), per_pass):
+        gen = make_generator(seed, None)  # every pass replays the single edit's noise stream
+        out += _edit_pass(model, m, p, gen, limits, image, source_prompt, targets[i:i + per_pass], mask, mask_rule,
+                          None, cache, progress, seed)
+    return out
+
+
+def _adapter(model, progress) -> FlowModel:
     if isinstance(model, str):
         model = load_model(model)
     elif not isinstance(model, FlowModel):
@@ -207,8 +270,13 @@ def edit(
                              f"got {type(model).__name__}")
     if not isinstance(progress, bool):
         raise ParameterError(f"progress must be True or False, got {progress!r}")
-    m, p, gen, limits = check_request(model.family, method, source_prompt, target_prompt, params, seed, generator, mask,
-                                      mask_rule, subjects, cache, limits)
+    return model
+
+
+def _edit_pass(model: FlowModel, m, p, gen, limits: Limits, image, source_prompt: str, targets: list[str], mask,
+               mask_rule: str, subjects, cache, progress: bool, seed) -> list[EditResult]:
+    """One pass of method ``m`` over checked inputs: ``m.run`` for one target, ``m.targets`` for
+    several (latents ``[K, N, C]``), each decoded; the results share the pass's NFE and time."""
     x, size, work = prepare_image(model, image, limits)
     grid = model.grid(work[1], work[0])
 
@@ -217,7 +285,7 @@ def edit(
     if mask is not None and not auto:
         token_mask = grid.mask_to_tokens(load_mask(mask, work, limits), rule=mask_rule).to(model.device)
         if p.NEEDS_MASK and not token_mask.any():
-            raise ParameterError(f"the mask selects nothing: paint the region {method} should edit white")
+            raise ParameterError(f"the mask selects nothing: paint the region {m.name} should edit white")
     subject_tokens = [_subject_tokens(model, s, grid, work, mask_rule, limits) for s in subjects or []]
 
     if model.device.type == "cuda":
@@ -225,27 +293,31 @@ def edit(
     before = model.counter.total.copy()
     start = time.perf_counter()
     expected = m.expected_nfe(p)
-    with progress_bar(model, expected.calls, method, progress):
+    with progress_bar(model, expected.calls, m.name, progress):
         x_src = model.encode_image(x)
         if auto:
             from .masks import auto_mask
 
             mask_gen = torch.Generator("cpu").manual_seed(gen.initial_seed() ^ 0x5EED)  # leaves gen's stream alone
-            token_mask = auto_mask(model, x_src, grid, source_prompt, target_prompt, mask_gen).to(model.device)
-        req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=target_prompt,
+            token_mask = auto_mask(model, x_src, grid, source_prompt, targets[0], mask_gen).to(model.device)
+        req = EditRequest(x_src=x_src, grid=grid, source_prompt=source_prompt, target_prompt=targets[0],
                           mask=token_mask, subjects=[SubjectTokens(model.encode_image(pixels), *rest)
                                                      for pixels, *rest in subject_tokens],
                           cache=cache)
-        latents = m.run(model, req, p, gen)
-        out = to_pil(model.decode(latents, grid))
+        latents = m.run(model, req, p, gen) if len(targets) == 1 else m.targets(model, req, targets, p, gen)
+        images = [to_pil(model.decode(latents[k:k + 1], grid)) for k in range(len(targets))]
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     seconds = time.perf_counter() - start
-    if out.size != size:
-        out = out.resize(size, Image.LANCZOS)
-    info = dict(p.to_dict(), method=method, model=model.name, seed=seed, working_size=list(work))
-    return EditResult(out, latents.cpu(), model.counter.total - before, seconds, _peak_memory(model.device), info,
-                      dict(req.stats))
+    nfe, peak = model.counter.total - before, _peak_memory(model.device)
+    stats = dict(req.stats, **({"targets_in_pass": len(targets)} if len(targets) > 1 else {}))
+    results = []
+    for k, out in enumerate(images):
+        if out.size != size:
+            out = out.resize(size, Image.LANCZOS)
+        info = dict(p.to_dict(), method=m.name, model=model.name, seed=seed, working_size=list(work))
+        results.append(EditResult(out, latents[k:k + 1].cpu(), nfe, seconds, peak, info, dict(stats)))
+    return results
 
 
 def _subject_tokens(model: FlowModel, subject: Subject, grid, work: tuple[int, int], mask_rule: str, limits: Limits):

@@ -7,8 +7,10 @@
     editflow vital-layers --prompts FILE --out layers.json [--model NAME] [--seeds 0,1]
     editflow models
     editflow plan --model flux-dev --method kv_edit --size 1024 [--gpu-memory 24GB] [--quantize nf4] [--table]
+    editflow batch MANIFEST.yaml|.jsonl -o DIR [--model NAME] [--method flowedit] [--seed S]
     editflow bench run --data PATH --methods a,b --out DIR [--set m.key=v] [--metrics clip_t,...] [--baselines none]
-    editflow bench report DIR
+    editflow bench run --data PIE-Bench/data --protocol pie-bench --methods all --model flux-dev --out DIR [--subset no-style]
+    editflow bench report DIR [--compare-published]
     editflow world sample --n N --seed S -o DIR [--size 64] [--world-version 2] [--split any] [--paraphrase]
     editflow world edits  --n N --seed S -o DIR [--kinds color,shape,...] [--world-version 2] [--split held_out] [...]
 
@@ -562,6 +564,47 @@ def ui_cmd(
         launch(model, host=host, port=port, block=True, limits=limits, model=adapter)
     except EditflowError as exc:
         _fail(str(exc))
+
+
+@app.command("batch")
+def batch_cmd(
+    manifest: Path = typer.Argument(..., help="A YAML list or JSONL file of rows: image, source_prompt, "
+                                    "target_prompts, optional mask, method, params, seed, id."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (images/, results*.jsonl); a re-run resumes."),
+    model: Optional[str] = typer.Option(None, "--model", help="Zoo name, local pipeline folder or hub id."),
+    method: str = typer.Option("flowedit", "--method", help="The method of rows that name none."),
+    seed: int = typer.Option(0, "--seed", help="The seed of rows that name none (every target of a row uses it)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present; under "
+                                         "torchrun / accelerate, each process its LOCAL_RANK's GPU)."),
+    limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a work limit on purpose, NAME=VALUE."),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), "
+                                             "as for `edit`."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`."),
+    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer "
+                                               "replacing --model's, as for `edit`."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Edit every row of MANIFEST towards each of its target prompts; resumable, multi-process.
+
+    The targets of one image share work: FlowEdit's source rows are evaluated once per step in one
+    batched call for all targets, and an inversion that does not depend on the target is computed
+    once per image. Under `torchrun` or `accelerate launch -m editflow batch ...` each process
+    takes its share of the rows.
+    """
+    _quiet_libraries()
+    from .batch import run_batch
+    from .limits import Limits
+    from .models.zoo import DEFAULT_MODEL
+
+    try:
+        limits = Limits.from_env().updated(limit)
+        load_options = {k: v for k, v in dict(lora=lora or None, quantize=quantize, transformer=transformer).items()
+                        if v is not None}
+        shard = run_batch(manifest, out, model or DEFAULT_MODEL, method, seed, device, not quiet, limits, load_options)
+    except EditflowError as exc:
+        _fail(str(exc))
+    if not quiet:
+        typer.echo(f"edits in {out}/images, records in {shard}", err=True)
 
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True,

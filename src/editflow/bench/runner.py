@@ -57,6 +57,19 @@ def process_rank() -> tuple[int, int]:
     return rank, world
 
 
+def rank_device(device: str | None) -> str | None:
+    """``device``, or under a multi-process launcher on a CUDA machine, ``cuda:LOCAL_RANK`` (each
+    process its own GPU; without a launcher, ``None``: load_model's default)."""
+    if device is not None or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return f"cuda:{local % max(torch.cuda.device_count(), 1)}"
+
+
 def record_key(item: str, method: str, params: dict, model: str, seed: int, protocol: dict | None = None) -> str:
     """The record's identity; a run under a protocol (``{name, version}``) keys apart from one without."""
     fields = {"item": item, "method": method, "params": params, "model": model, "seed": seed}
@@ -383,6 +396,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
     limits = limits or Limits.from_env()
     baselines = parse_baselines(baselines)
     load_options = dict(load_options or {})
+    device = rank_device(device)
     check_load_options(device=device, **load_options)
     pinned = None
     if protocol is not None:

@@ -211,7 +211,10 @@ def coerce_value(params_cls: type[MethodParams], name: str, text: str) -> Any:
 class Method:
     """A registered method. ``peak_rows(params, n_subjects)``: the most batch rows one of its
     model calls evaluates (without CFG); ``None``: every call evaluates ``rows / calls`` of
-    :attr:`expected_nfe` (rounded up)."""
+    :attr:`expected_nfe` (rounded up). ``targets(model, req, target_prompts, params, generator)``:
+    where the method can edit towards several target prompts in one pass, sharing the rows that do
+    not depend on the target (latents ``[K, N, C]``), with ``target_rows(params, K)`` the most rows
+    of one of its calls; ``None``: one edit per target."""
 
     name: str
     params: type[MethodParams]
@@ -220,6 +223,8 @@ class Method:
     paper: str
     summary: str
     peak_rows: Callable[[MethodParams, int], int] | None = None
+    targets: Callable[..., torch.Tensor] | None = None
+    target_rows: Callable[[MethodParams, int], int] | None = None
 
     def rows_per_call(self, p: MethodParams, n_subjects: int = 0) -> int:
         if self.peak_rows is not None:
@@ -234,13 +239,15 @@ CFG_FAMILIES = ("sd3", "unet")  # families whose calls evaluate each row twice (
 
 
 def register(name: str, params: type[MethodParams], expected_nfe: Callable[[MethodParams], NFE], paper: str,
-             peak_rows: Callable[[MethodParams, int], int] | None = None):
+             peak_rows: Callable[[MethodParams, int], int] | None = None, targets: Callable[..., torch.Tensor] | None = None,
+             target_rows: Callable[[MethodParams, int], int] | None = None):
     """Decorator: register ``run`` under ``name`` with its params class, NFE formula, citation and,
-    where calls differ in size, its ``peak_rows`` (see :class:`Method`)."""
+    where calls differ in size, its ``peak_rows``; where it edits several targets in one pass,
+    ``targets`` and ``target_rows`` (see :class:`Method`)."""
 
     def wrap(run):
         summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
-        METHODS[name] = Method(name, params, run, expected_nfe, paper, summary, peak_rows)
+        METHODS[name] = Method(name, params, run, expected_nfe, paper, summary, peak_rows, targets, target_rows)
         return run
 
     return wrap

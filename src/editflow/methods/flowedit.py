@@ -16,7 +16,9 @@ with the target prompt from ``Z^tar_{t_{n_min}} = Z^FE + Z^src_{t_{n_min}} - X^s
 as in the paper's Algorithm 1 and the seed notes (shared/seeds/001).
 
 Both velocities of a step (all ``n_avg`` draws) go through the model in one batched call, so
-NFE = ``n_max - n_min`` calls of ``2 n_avg`` rows, plus ``n_min`` calls of one row.
+NFE = ``n_max - n_min`` calls of ``2 n_avg`` rows, plus ``n_min`` calls of one row. Several
+target prompts of one image share the source rows (:func:`flowedit_targets`, used by
+:func:`editflow.edit_many` and ``editflow batch``): ``(1 + K) n_avg`` rows per call for ``K`` targets.
 The reference code computes ``Z^tar = Z^FE + Z^src - X^src``; editflow adds ``Z^src + (Z^FE - X^src)``,
 the same number in exact arithmetic but exactly ``Z^src`` while ``Z^FE = X^src``, so equal prompts
 and guidance return the input bit for bit.
@@ -104,28 +106,50 @@ def flowedit_nfe(p: FlowEditParams) -> NFE:
     return NFE(calls=edit_steps + p.n_min, rows=2 * p.n_avg * edit_steps + p.n_min)
 
 
-@register("flowedit", FlowEditParams, flowedit_nfe, PAPER, peak_rows=lambda p, n: 2 * p.n_avg)
-def flowedit(model: FlowModel, req: EditRequest, p: FlowEditParams, generator: torch.Generator) -> torch.Tensor:
-    """Inversion-free editing along a noise-free source-to-target path (FlowEdit)."""
+def flowedit_target_rows(p: FlowEditParams, k: int) -> int:
+    """Rows of one call editing ``k`` targets at once: the shared source row and ``k`` target rows per draw."""
+    return (1 + k) * p.n_avg
+
+
+def flowedit_targets(model: FlowModel, req: EditRequest, targets: list[str], p: FlowEditParams,
+                     generator: torch.Generator) -> torch.Tensor:
+    """FlowEdit towards several target prompts at once: ``[K, N, C]`` for ``K = len(targets)``.
+
+    ``Z^src_t`` and ``V^src`` depend only on the source, the time and the noise, so with one noise
+    stream (one seed) they are the same for every target: each call evaluates the source row once
+    and the ``K`` target rows beside it (``(1 + K) n_avg`` rows instead of ``2 K n_avg`` in ``K``
+    calls), and the ``n_min`` tail denoises the ``K`` latents in one call per step. Target ``k``'s
+    result is, in exact arithmetic, the single-target edit's with the same seed; bit for bit
+    wherever the backend computes a row the same way in a batch of 2 and of ``1 + K`` rows.
+    """
     ts = model.schedule(p.steps, req.grid)
     x_src = req.x_src.float()
-    src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
-    pair = Cond.cat([src, tar] * p.n_avg)
-    guidance = [p.source_guidance, p.target_guidance] * p.n_avg
+    src, tars = model.encode_prompt(req.source_prompt), [model.encode_prompt(t) for t in targets]
+    k = len(targets)
+    rows_cond = Cond.cat(([src] + tars) * p.n_avg)
+    guidance = ([p.source_guidance] + [p.target_guidance] * k) * p.n_avg
     first, tail = p.steps - p.n_max, p.steps - p.n_min  # step indices into ts (ts[0] = noise end)
 
-    z_fe = x_src.clone()
+    z_fe = x_src.expand(k, *x_src.shape[1:]).clone()
     for i in range(first, tail):
         t, t_next = float(ts[i]), float(ts[i + 1])
         rows = []
         for _ in range(p.n_avg):
             rows += coupled_pair(x_src, z_fe, t, model.noise(req.grid, generator))
-        v = model.velocity(torch.cat(rows), t, pair, req.grid, guidance=guidance)
-        v_delta = (v[1::2] - v[0::2]).mean(dim=0, keepdim=True)
-        z_fe = z_fe + (t_next - t) * v_delta
+        v = model.velocity(torch.cat(rows), t, rows_cond, req.grid, guidance=guidance)
+        v = v.view(p.n_avg, 1 + k, *v.shape[1:])
+        z_fe = z_fe + (t_next - t) * (v[:, 1:] - v[:, :1]).mean(dim=0)
 
     if p.n_min == 0:
         return z_fe
     t = float(ts[tail])
     z_tar = (1 - t) * x_src + t * model.noise(req.grid, generator) + (z_fe - x_src)
+    tar = Cond.cat(tars)
     return euler(lambda z, s: model.velocity(z, s, tar, req.grid, guidance=p.target_guidance), z_tar, ts[tail:])
+
+
+@register("flowedit", FlowEditParams, flowedit_nfe, PAPER, peak_rows=lambda p, n: 2 * p.n_avg,
+          targets=flowedit_targets, target_rows=flowedit_target_rows)
+def flowedit(model: FlowModel, req: EditRequest, p: FlowEditParams, generator: torch.Generator) -> torch.Tensor:
+    """Inversion-free editing along a noise-free source-to-target path (FlowEdit)."""
+    return flowedit_targets(model, req, [req.target_prompt], p, generator)

@@ -48,6 +48,7 @@ from ..errors import ParameterError
 from ..models.base import NFE, FlowModel
 from ..solvers import get_solver, inversion_times
 from .base import EditRequest, MethodParams, register
+from .cache import inverted
 
 PAPER = "Wang et al., Taming Rectified Flow for Inversion and Editing, arXiv 2411.04746 (ICML 2025)"
 
@@ -87,22 +88,33 @@ def shared_of(layers: list[str], share_from: float) -> set[str]:
 def invert_and_edit_sharing_values(model: FlowModel, req: EditRequest, p: ValueSharingParams,
                                    solver: str) -> torch.Tensor:
     """Invert with the source prompt storing V, edit with the target prompt re-using it (both
-    RF-Edit and FireFlow's editing; only the solver and defaults differ)."""
+    RF-Edit and FireFlow's editing; only the solver and defaults differ). The inversion (``Z_1``
+    and its store) depends on the source alone, so a request's :class:`InversionCache` keeps both
+    and a new target prompt on the same image re-uses them (the cached entry holds the store)."""
     solve = get_solver(solver)
     ts = model.schedule(p.steps, req.grid)
     # the first `inject` editing steps are the intervals whose noisier end is above ts[inject]
     t_min = math.inf if p.inject == 0 else -math.inf if p.inject == p.steps else float(ts[p.inject])
-    src, tar = model.encode_prompt(req.source_prompt), model.encode_prompt(req.target_prompt)
-    with FeatureStore(offload=p.offload) as store:
-        control = ValueSharing(store, shared_layers(model, p.share_from), t_min)
+    layers = shared_layers(model, p.share_from)
+
+    def invert() -> tuple[torch.Tensor, FeatureStore]:
+        src = model.encode_prompt(req.source_prompt)
+        store = FeatureStore(offload=p.offload)
+        control = ValueSharing(store, layers, t_min)
         control.phase = "invert"
         up = inversion_times(ts)
         z1 = solve(lambda z, t: model.velocity(z, t, src, req.grid, guidance=p.source_guidance, control=control),
                    req.x_src.float(), up, callback=control.step_callback(up))
-        control.phase = "edit"
-        out = solve(lambda z, t: model.velocity(z, t, tar, req.grid, guidance=p.target_guidance, control=control),
-                    z1, ts, callback=control.step_callback(ts))
-        req.stats.update(feature_store_peak_bytes=store.peak_nbytes, shared_value_calls=control.replaced)
+        return z1, store
+
+    z1, store = inverted(model, req, solver, invert, steps=p.steps, inject=p.inject, share_from=p.share_from,
+                         guidance=p.source_guidance, offload=p.offload)
+    tar = model.encode_prompt(req.target_prompt)
+    control = ValueSharing(store, layers, t_min)
+    control.phase = "edit"
+    out = solve(lambda z, t: model.velocity(z, t, tar, req.grid, guidance=p.target_guidance, control=control),
+                z1, ts, callback=control.step_callback(ts))
+    req.stats.update(feature_store_peak_bytes=store.peak_nbytes, shared_value_calls=control.replaced)
     return out
 
 
