@@ -51,7 +51,7 @@ def _by_target(out):
     return {(r["id"], r["target_index"]): r for r in read_records(out)}
 
 
-@pytest.mark.parametrize("method", ["flowedit", "ode_inversion"])
+@pytest.mark.parametrize("method", ["flowedit", "ode_inversion", "rf_edit"])
 def test_batch_shares_work_and_equals_twelve_separate_edits(tiny, tmp_path, method):
     manifest = _manifest(tmp_path, method)
     out = tmp_path / "out"
@@ -67,10 +67,10 @@ def test_batch_shares_work_and_equals_twelve_separate_edits(tiny, tmp_path, meth
             assert all(r["targets_in_pass"] == 4 for r in row)
             assert row[0]["nfe_calls"] == single.calls == p.n_max and row[0]["nfe_rows"] == 5 * p.n_max
         else:
-            # one inversion per image: the first target pays for it, the other three hit the cache
+            # one inversion per image: the first target pays for it (half the calls), the other three hit the cache
             assert [r["inversion_cached"] for r in row] == [False, True, True, True]
-            assert row[0]["nfe_calls"] == single.calls == 2 * p.steps
-            assert [r["nfe_calls"] for r in row[1:]] == [p.steps] * 3
+            assert row[0]["nfe_calls"] == single.calls
+            assert [r["nfe_calls"] for r in row[1:]] == [single.calls // 2] * 3
         for k, target in enumerate(targets):
             alone = editflow.edit(tiny, tmp_path / "photos" / f"{name}.png", f"a {name} picture", target, method=method,
                                   seed=11)
@@ -127,6 +127,7 @@ def test_two_processes_take_every_row_once(tmp_path):
 
 def test_bad_manifests_are_one_line_before_anything_is_written(tmp_path):
     manifest = _manifest(tmp_path, "flowedit")
+    Image.new("L", (64, 64), 0).save(tmp_path / "photos" / "black.png")
     good = [json.loads(line) for line in manifest.read_text().splitlines()]
     cases = [
         ({"target_prompts": []}, "target_prompts is empty"),
@@ -135,17 +136,21 @@ def test_bad_manifests_are_one_line_before_anything_is_written(tmp_path):
         ({"method": "kv_edit"}, "needs a mask"),
         ({"method": "nope"}, "unknown method 'nope'"),
         ({"seed": -1}, "seed must be a whole number"),
+        ({"method": "kv_edit", "mask": "photos/black.png"}, "selects nothing"),
         ({"colour": "red"}, "unknown key 'colour'"),
         ({"params": {"n_max": 99}}, "n_max"),
     ]
+    bad = tmp_path / "bad.jsonl"
     for change, message in cases:
         rows = [dict(good[0], **change), *good[1:]]
-        bad = tmp_path / "bad.jsonl"
         bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        done = subprocess.run(_cmd(bad, tmp_path / "o"), env=_env(), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
-            (change, done.stderr)
-        assert not (tmp_path / "o").exists()
+        with pytest.raises(EditflowError, match=message) as err:
+            run_batch(bad, tmp_path / "o", "tiny-flux", device="cpu", progress=False)
+        assert "\n" not in str(err.value) and not (tmp_path / "o").exists()
+    # the command line: that line, exit status 2, no folder
+    done = subprocess.run(_cmd(bad, tmp_path / "o"), env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "n_max" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     twice = tmp_path / "twice.jsonl"
     twice.write_text(json.dumps(good[0]) + "\n" + json.dumps(good[0]) + "\n")
     with pytest.raises(EditflowError, match="also the id of"):

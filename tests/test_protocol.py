@@ -2,6 +2,7 @@
 pie-bench` on tiny-flux, each metric against values computed by hand with PIE-Bench's mask
 convention, and the protocol's refusals."""
 
+import io
 import json
 import math
 import os
@@ -20,11 +21,11 @@ from editflow.bench.runner import read_records
 from editflow.errors import EditflowError
 
 # (key, editing_type_id, original, editing, blended word, mask rectangle rows/cols)
-ITEMS = [
+ITEMS = [  # the style item first: the others' seeds are their file positions 1-3 in every subset
+    ("911000000000", "9", "a photo of a house", "a [watercolor painting] of a house", "", (0, 0, 0, 0)),
     ("000000000000", "0", "a [cat] sitting on a mat", "a [dog] sitting on a mat", "cat dog", (100, 300, 120, 360)),
     ("111000000000", "1", "a red [apple] on a table", "a red [pear] on a table", "apple pear", (200, 400, 150, 330)),
     ("611000000000", "6", "a [blue] car in the street", "a [green] car in the street", "car car", (0, 512, 0, 512)),
-    ("911000000000", "9", "a photo of a house", "a [watercolor painting] of a house", "", (0, 0, 0, 0)),
 ]
 
 
@@ -65,8 +66,10 @@ def _env():
 
 
 def _bench(*args, check=True):
-    return subprocess.run([sys.executable, "-m", "editflow", "bench", *map(str, args)], env=_env(), capture_output=True,
-                          text=True, timeout=600, check=check)
+    done = subprocess.run([sys.executable, "-m", "editflow", "bench", *map(str, args)], env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert not check or done.returncode == 0, done.stderr[-2000:]
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -79,24 +82,32 @@ def protocol_run(pie_set, tiny_clip, tiny_vit, tiny_lpips_squeeze, tmp_path_fact
     return out
 
 
-def test_protocol_run_records_version_parameters_and_pie_metrics(protocol_run):
+def test_protocol_run_records_version_parameters_and_pie_metrics(protocol_run, pie_set):
     rows = read_records(protocol_run)
     proto = load_protocol("pie-bench")
     # no-style: category 9 left out; 3 items x (2 methods + identity)
     assert len(rows) == 9 and {r["item"] for r in rows} == {k for k, t, *_ in ITEMS if t != "9"}
+    positions = {key: n for n, (key, *_) in enumerate(ITEMS)}
     for r in rows:
-        assert r["protocol"] == {"name": "pie-bench", "version": proto.version} and r["family"] == "flux"
+        assert r["protocol"] == {"name": "pie-bench", "version": proto.version, "digest": proto.digest}
+        assert r["family"] == "flux" and r["image"].endswith(".jpg")  # the scored file, as PnPInversion's
+        assert r["seed"] == 0 and r["item_seed"] == positions[r["item"]]  # file position, not subset position
         assert set(proto.metrics) <= set(r["metrics"])
     flowedit = [r for r in rows if r["method"] == "flowedit"]
     pinned = proto.params("flowedit", "flux")
     assert all(r["params"] == pinned for r in flowedit)  # the full hyperparameters, as pinned
-    uniedit = next(r for r in rows if r["method"] == "uniedit")
-    assert {k: uniedit["params"][k] for k in proto.params("uniedit", "flux")} == proto.params("uniedit", "flux")
-    assert set(uniedit["params"]) > set(proto.params("uniedit", "flux"))  # defaults not pinned are recorded too
-    # the identity baseline: nothing changed, so every background metric is perfect
-    ident = next(r for r in rows if r["method"] == "identity" and r["item"] == "000000000000")["metrics"]
-    assert ident["structure_distance"] == 0 and ident["mse_unedit_part"] == 0 and ident["psnr_unedit_part"] == "inf"
-    assert ident["lpips_unedit_part"] == 0 and ident["ssim_unedit_part"] == pytest.approx(1.0)
+    assert all(r["params"] == proto.params("uniedit", "flux") for r in rows if r["method"] == "uniedit")
+    # the identity baseline is scored as PnPInversion scores an unchanged output: its JPEG (quality 75)
+    ident = next(r for r in rows if r["method"] == "identity" and r["item"] == "000000000000")
+    src = np.asarray(Image.open(f"{pie_set}/annotation_images/0_category/000000000000.jpg").convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(src).save(buf, format="JPEG", quality=75)
+    round_trip = np.asarray(Image.open(buf).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(protocol_run / ident["image"]).convert("RGB")), round_trip)
+    by_hand = pie_pixels(src, round_trip, decode_rle(rle(ITEMS[1][5])))
+    for name, value in by_hand.items():
+        assert ident["metrics"][name] == pytest.approx(value, rel=1e-6)
+    assert 0 < ident["metrics"]["mse_unedit_part"] < 1e-3 and ident["metrics"]["lpips_unedit_part"] >= 0
     # item 611...: the mask covers the whole image, so there is no background (nan, as evaluate.py's "nan")
     full = next(r for r in flowedit if r["item"] == "611000000000")["metrics"]
     assert full["psnr_unedit_part"] is None and full["lpips_unedit_part"] is None
@@ -131,9 +142,10 @@ def test_compare_published_sets_each_reported_number_beside_ours(protocol_run):
 
 def test_protocol_refusals_are_one_line_before_any_model_loads(pie_set, tmp_path):
     cases = [
-        (["--set", "steps=3"], "pins every method's parameters"),
+        (["--set", "steps=3"], "so --set 'steps=3' is refused (only offload may change)"),
         (["--methods", "personalize_anything"], "pins no parameters for personalize_anything"),
         (["--subset", "most"], "--subset 'most' is not a subset"),
+        (["--seed", "5"], "pins the seed (0: item i uses 0 + i)"),
     ]
     for extra, message in cases:
         args = ["run", "--data", pie_set, "--protocol", "pie-bench", "--model", "tiny-flux", "--device", "cpu",
@@ -263,17 +275,32 @@ def test_lpips_squeeze_background_convention():
 
 
 def test_clip_whole_and_edited_by_hand(tiny_clip):
-    """CLIP-W = max(100 cos, 0) of the edited image and the target prompt; CLIP-E the same of the
-    image multiplied by the edit mask (border included)."""
-    raw = ClipText.from_pretrained(tiny_clip, device="cpu")
+    """CLIP-W = max(100 cos, 0) of the edited image and the target prompt (torchmetrics' CLIPScore);
+    CLIP-E the same of the image multiplied by the edit mask (border included)."""
+    from editflow.bench.metrics.clip import preprocess
+
+    scorer = ClipText.from_pretrained(tiny_clip, device="cpu", scale=100.0, clip_negative=True)
     rng = np.random.default_rng(2)
     out = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     mask = decode_rle([64 * 10 + 8, 30], shape=(64, 64))
-    cos_whole = float(raw(out, "a dog")[0])
-    cos_edit = float(raw(out * mask[..., None].astype(np.uint8), "a dog")[0])
-    scorer = ClipText(raw.model, raw.tokenizer, raw.size, raw.mean, raw.std, scale=100.0, clip_negative=True)
-    assert scorer(out, "a dog")[0] == pytest.approx(max(100 * cos_whole, 0), abs=1e-4)
-    assert scorer(out, "a dog", mask=mask)[0] == pytest.approx(max(100 * cos_edit, 0), abs=1e-4)
+
+    def by_hand(image, prompt):
+        with torch.no_grad():
+            pixels = preprocess([image], scorer.size, scorer.mean, scorer.std)
+            img = scorer.model.get_image_features(pixel_values=pixels)
+            tok = scorer.tokenizer([prompt], padding=True, return_tensors="pt")
+            txt = scorer.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)
+        img, txt = (getattr(v, "pooler_output", v)[0].double() for v in (img, txt))
+        return 100 * float(img @ txt / (img.norm() * txt.norm()))
+
+    unclamped = ClipText(scorer.model, scorer.tokenizer, scorer.size, scorer.mean, scorer.std, scale=100.0)
+    edited = out * mask[..., None].astype(np.uint8)
+    for prompt in ("a dog", "a red car parked by a tree"):
+        whole, part = by_hand(out, prompt), by_hand(edited, prompt)
+        assert unclamped(out, prompt)[0] == pytest.approx(whole, abs=1e-4)
+        assert unclamped(out, prompt, mask=mask)[0] == pytest.approx(part, abs=1e-4)
+        assert scorer(out, prompt)[0] == pytest.approx(max(whole, 0), abs=1e-4)
+        assert scorer(out, prompt, mask=mask)[0] == pytest.approx(max(part, 0), abs=1e-4)
 
 
 def test_the_scorer_needs_the_item_mask(tiny_clip, tiny_vit, tiny_lpips_squeeze):
@@ -288,10 +315,80 @@ def test_the_scorer_needs_the_item_mask(tiny_clip, tiny_vit, tiny_lpips_squeeze)
 
 
 def test_protocol_files_are_checked(tmp_path):
-    bad = tmp_path / "p.yaml"
-    bad.write_text("name: x\nversion: 1\ndata: {subsets: {all: {categories: ['0']}}, default_subset: all}\n"
-                   "metrics: {}\nmethods: {flowedit: {flux: {params: {stepz: 3}, source: me}}}\n")
-    with pytest.raises(EditflowError, match="flowedit.flux params are not flowedit's"):
-        load_protocol(bad)
+    import yaml
+
+    text = load_protocol("pie-bench").text
+    cases = [
+        (lambda raw: raw["methods"]["flowedit"]["flux"]["params"].update(stepz=3), "flowedit.flux params are not flowedit's"),
+        (lambda raw: raw.update(metrics=["a", "b"]), "metrics must be exactly"),
+        (lambda raw: raw["methods"].update(flowedit=["flux"]), "flowedit must map family"),
+        (lambda raw: raw["data"]["subsets"]["all"].pop("categories"), "subset 'all' needs categories"),
+        (lambda raw: raw["metrics"].pop("structure_distance"), "metrics must be exactly"),
+        (lambda raw: raw.update(output={"format": "gif"}), "output must be"),
+        (lambda raw: raw.update(version="1"), "version must be a whole number"),
+    ]
+    for change, message in cases:
+        raw = yaml.safe_load(text)
+        change(raw)
+        bad = tmp_path / "p.yaml"
+        bad.write_text(yaml.safe_dump(raw))
+        with pytest.raises(EditflowError, match=message) as err:
+            load_protocol(bad)
+        assert "\n" not in str(err.value)
     with pytest.raises(EditflowError, match="neither a packaged protocol"):
         load_protocol(tmp_path / "missing.yaml")
+
+
+def test_methods_get_the_mask_without_the_evaluation_border(pie_set):
+    rec = next(r for r in read_pie_bench(pie_set) if r.id == "000000000000")
+    scored, given = rec.mask, rec.method_mask
+    assert scored[0].all() and scored[:, 0].all() and not given[0].any() and not given[:, 0].any()
+    assert (scored[1:-1, 1:-1] == given[1:-1, 1:-1]).all() and given[100:300, 120:360].all()
+
+
+def test_every_parameter_is_pinned_and_only_free_ones_may_change(tmp_path):
+    import yaml
+
+    proto = load_protocol("pie-bench")
+    from editflow.methods import METHODS
+
+    for method, families in proto.raw["methods"].items():
+        for family, entry in families.items():
+            assert entry["params"] == METHODS[method].params.for_family(family, **entry["params"]).to_dict()
+    raw = yaml.safe_load(proto.text)
+    del raw["methods"]["flowedit"]["flux"]["params"]["n_avg"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(EditflowError, match="flowedit.flux leaves n_avg unpinned"):
+        load_protocol(tmp_path / "p.yaml")
+    assert proto.free_parameters == ["offload"] and proto.output == (".jpg", {"quality": 75})
+
+
+def test_reports_read_the_protocol_file_the_run_kept(tmp_path):
+    from editflow.bench.published import run_protocol
+
+    proto = load_protocol("pie-bench")
+    custom_text = proto.text.replace("name: pie-bench", "name: my-pie", 1)
+    (tmp_path / "mine.yaml").write_text(custom_text)
+    custom = load_protocol(tmp_path / "mine.yaml")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"protocol": custom.tag, "model": "tiny-flux", "family": "flux"}]
+    with pytest.raises(EditflowError, match="neither .*protocol.yaml nor this editflow's my-pie"):
+        run_protocol(rows, run)
+    custom.keep_in(run)
+    assert run_protocol(rows, run).tag == custom.tag
+    with pytest.raises(EditflowError, match="holds a run of another protocol file"):
+        proto.check_output_folder(run)
+    with pytest.raises(EditflowError, match="several models"):
+        run_protocol(rows + [dict(rows[0], model="flux-dev")], run)
+
+
+def test_structure_distance_resizes_as_torchvision():
+    from editflow.bench.metrics.dino import resize_shorter_side
+
+    assert resize_shorter_side([np.zeros((512, 256, 3), np.uint8)], 224, 255, True).shape == (1, 3, 448, 224)
+    # the longer side would be 1120 > 480: it becomes 480 and the shorter int(480 * 224 / 1120) = 96
+    assert resize_shorter_side([np.zeros((200, 1000, 3), np.uint8)], 224, 255, True).shape == (1, 3, 96, 480)
+    flat = resize_shorter_side([np.full((512, 512, 3), 100, np.uint8)], 224, 255, True)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(flat[0, :, 7, 9], (100 - mean) / std, atol=1e-4)  # 0-255 values, never divided by 255

@@ -35,6 +35,12 @@ def test_speed_benchmark_counts_calls_and_re_edits(tmp_path):
     assert rows["ode_inversion re-edit"]["calls"] == rows["ode_inversion"]["calls"] // 2
     k = 4 - editflow.METHODS["dnaedit"].params.for_family("flux", steps=4).t_start  # re-edit: the K target calls
     assert (rows["dnaedit"]["calls"], rows["dnaedit re-edit"]["calls"], rows["dnaedit re-edit"]["rows"]) == (2 * k, k, k)
+    # four targets of one image: FlowEdit shares its source rows in one pass (1 + 4 rows a call);
+    # the inversion methods invert once, then edit once per target; timed against 4 separate edits
+    n_max = editflow.METHODS["flowedit"].params.for_family("flux", steps=4).n_max
+    assert (rows["flowedit x4 targets"]["calls"], rows["flowedit x4 targets"]["rows"]) == (n_max, 5 * n_max)
+    assert rows["ode_inversion x4 targets"]["calls"] == 4 + 4 * 4
+    assert rows["rf_edit x4 targets"]["calls"] == 8 + 4 * 8 and rows["dnaedit x4 targets"]["calls"] == k + 4 * k
     assert rows["rf_edit"]["store_bytes"] > 0
     # FLUX.1-dev: 18 of 38 single blocks store V (ours: 1 of 2), width 3072 (ours 128), bf16 (ours fp32)
     assert rows["rf_edit"]["store_bytes_flux_dev"] == int(rows["rf_edit"]["store_bytes"] * 18 / 1 * 3072 / 128 * 2 / 4)

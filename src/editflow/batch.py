@@ -11,9 +11,11 @@ A manifest is a YAML list or a JSONL file (one JSON object per line) of rows::
       seed: 0                            # optional: --seed's (default 0); every target of a row uses it
       id: cat                            # optional: the image path without suffix
 
-Every row is checked before the model loads (files, headers, methods, parameters against the
-model's family when it is known, prompts and seeds against the limits); a bad row is one line
-naming the file, the row and the fix.
+Every row is checked before the output folder is made or the model loads: files and their
+headers, masks that select nothing, methods, prompts and seeds against the limits, and the
+parameters against the model's family when its name tells it (a hub id's family is known once it
+loads: then right after loading, before any edit). A bad row is one line naming the file, the row
+and the fix.
 
 The targets of a row share work through :func:`editflow.edit_many`: FlowEdit evaluates the
 source rows once per step for all targets in one batched call; methods whose inversion does not
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bench.datasets import _list_of, _mapping, _parse_json, _read_text, _refuse, _string, image_stem
+from .bench.datasets import _list_of, _mapping, _parse_json, _png_mask, _read_text, _refuse, _string, image_stem
 from .bench.runner import _save, append_record, model_label, process_rank, rank_device, read_records, run_lock, writing
 from .errors import EditflowError
 from .limits import SEED_MAX, Limits
@@ -132,6 +134,8 @@ def read_manifest(path: str | os.PathLike, method: str = "flowedit", seed: int =
         m = get_method(name)
         if m.params.NEEDS_MASK and mask is None:
             raise _refuse(where, f"uses {name}, which needs a mask", "add mask: PATH (white = edit)")
+        if m.params.NEEDS_MASK and not _png_mask(mask).any():
+            raise _refuse(where, f"mask {mask} selects nothing", f"paint the region {name} should edit white")
         if m.params.TAKES_SUBJECTS:
             raise _refuse(where, f"uses {name}, which takes reference subjects", "run it with `editflow edit --subject`")
         params = entry.get("params") or {}
@@ -229,6 +233,7 @@ def run_batch(manifest: str | os.PathLike, out: str | os.PathLike, model_name: s
             bar = tqdm(total=sum(len(todo) for *_, todo in plan), desc=f"batch r{rank}", unit="edit", file=sys.stderr)
         cache = InversionCache(size=1)  # one row at a time: its inversion, shared by its targets
         for row, keys, todo in plan:
+            cache.clear()  # the previous image's inversion (and feature store) goes before this one's is made
             results = edit_many(model, row.image, row.source_prompt, [row.targets[k] for k in todo], method=row.method,
                                 seed=row.seed, mask=None if row.mask is None else str(row.mask), cache=cache,
                                 limits=limits, **row.params)

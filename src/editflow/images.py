@@ -204,15 +204,25 @@ def _umask() -> int:
     return mask
 
 
-def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+def save_image(image: Image.Image, path: str | os.PathLike, **options) -> Path:
     """Write ``image`` atomically: to a temporary file beside ``path``, then rename (its own
-    temporary file is the writability test: no separate probe)."""
+    temporary file is the writability test: no separate probe); ``options`` go to PIL's writer
+    (e.g. ``quality=75`` for JPEG)."""
     p = _output_target(path)
+    return write_atomic(p, lambda fh, p: image.save(fh, format=WRITABLE_SUFFIXES[p.suffix.lower()], **options))
+
+
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """``write(file, path)`` into a temporary file beside ``path`` (in a folder that exists),
+    fsynced, then renamed onto it; a failure leaves nothing behind and is one line."""
+    p = Path(path)
+    if p.is_dir() or not p.parent.is_dir():
+        raise EditflowError(f"cannot write {p}: it is a folder or its folder does not exist; choose another path")
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=WRITABLE_SUFFIXES[p.suffix.lower()])
+            write(fh, p)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())

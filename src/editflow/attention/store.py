@@ -20,7 +20,9 @@ class FeatureStore:
     hosts), and they come back to the device they were taken from when read.
 
     Use it as a context manager (``with FeatureStore() as store:``) so that it is freed when the
-    edit ends, also on error. ``nbytes`` is the memory held now, ``peak_nbytes`` the most held.
+    edit ends, also on error; RF-Edit and FireFlow instead keep theirs with the inversion it
+    belongs to, freed when the last reference goes (the edit's end, or its eviction from an
+    :class:`editflow.InversionCache`). ``nbytes`` is the memory held now, ``peak_nbytes`` the most held.
     """
 
     def __init__(self, offload: bool = False):

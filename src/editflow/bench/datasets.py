@@ -13,7 +13,8 @@ Every path a dataset file names is resolved inside the dataset's folder; one tha
   original_prompt, editing_prompt, editing_instruction, editing_type_id, blended_word, mask}}``
   with images under ``annotation_images/``; ``[ ]`` markers are removed from the prompts (kept in
   ``extras``); the mask is run-length encoded as (start, length) pairs over the row-major 512 x 512
-  image, and, as PIE-Bench's own ``mask_decode`` does, its one-pixel border is set.
+  image, and, as PIE-Bench's own ``mask_decode`` does, its one-pixel border is set for scoring
+  (``mask``); methods that take a mask get it without that border (``method_mask``).
 * shapes: ``edits.jsonl`` written by ``editflow world edits`` (ground-truth target included).
 
 Each reader checks the whole file before it returns, so a benchmark fails before any model
@@ -56,10 +57,18 @@ class EditRecord:
     extras: dict = field(default_factory=dict)
     mask_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     mask_file: Path | None = None  # where the mask is an image file (shapes sets), for header checks
+    method_mask_loader: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def mask(self) -> np.ndarray | None:
+        """The mask metrics score with (PIE-Bench: its border set, as its evaluation decodes it)."""
         return None if self.mask_loader is None else self.mask_loader()
+
+    @property
+    def method_mask(self) -> np.ndarray | None:
+        """The mask a method that takes one edits inside (PIE-Bench: without the evaluation's
+        border); the scoring mask where the dataset has one kind only."""
+        return self.mask if self.method_mask_loader is None else self.method_mask_loader()
 
 
 def one_line(text) -> str:
@@ -315,6 +324,7 @@ def read_pie_bench(path: str | os.PathLike) -> list[EditRecord]:
             source_prompt=strip_markers(original), target_prompt=strip_markers(editing),
             category=PIE_CATEGORIES.get(str(type_id), str(type_id)), extras=extras,
             mask_loader=lambda encoded=encoded: decode_rle(encoded),
+            method_mask_loader=lambda encoded=encoded: decode_rle(encoded, border=False),
         )))
     return _checked(file, found, "rename one of the two items")
 

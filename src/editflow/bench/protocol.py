@@ -3,9 +3,15 @@ family, which metrics with which models and conventions, and the units the paper
 
 A protocol is a versioned YAML file; the packaged ones live in ``editflow/assets/protocols/``
 (``pie-bench``: PIE-Bench as cure-lab/PnPInversion's ``evaluation/evaluate.py`` scores it).
-``editflow bench run --protocol pie-bench`` reads it and every record carries
-``protocol: {name, version}`` beside the method's full parameters; ``bench report`` then prints
-the protocol's columns in its units (structure distance x10^3, LPIPS x10^3, MSE x10^4, SSIM x10^2).
+``editflow bench run --protocol pie-bench`` reads it, keeps a copy as ``OUT/protocol.yaml`` (a
+folder holds runs of one protocol file only), and every record carries ``protocol: {name,
+version, digest}`` (``digest``: the file's SHA-1, 12 hex digits) beside the method's full
+parameters; ``bench report`` then prints the protocol's columns in its units (structure distance
+x10^3, LPIPS x10^3, MSE x10^4, SSIM x10^2), from that copy.
+
+Under ``output: {format: jpeg, quality: 75}`` the edited image is written as that JPEG and the
+metrics score the decoded file, as PnPInversion's scripts save their edits as ``.jpg`` (PIL's
+default quality) and ``evaluate.py`` reads them back.
 
 PIE-Bench's metrics, for an edited image ``y`` of the source ``x`` (both ``uint8 [512, 512, 3]``),
 with ``M`` the decoded edit mask (border set, :func:`editflow.bench.datasets.decode_rle`) and
@@ -26,6 +32,7 @@ as ``evaluate.py`` returns ``"nan"`` there.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -38,21 +45,56 @@ from ..errors import EditflowError
 from .datasets import EditRecord
 
 PACKAGED = ("pie-bench",)
-BACKGROUND_METRICS = ("psnr_unedit_part", "lpips_unedit_part", "mse_unedit_part", "ssim_unedit_part")
+PIE_METRICS = ("structure_distance", "psnr_unedit_part", "lpips_unedit_part", "mse_unedit_part", "ssim_unedit_part",
+               "clip_similarity_target_image", "clip_similarity_target_image_edit_part")
+KEPT = "protocol.yaml"  # the copy a run keeps in its output folder
+FORMATS = {"jpeg": ".jpg", "png": ".png"}
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """A loaded protocol file (see the module docstring); ``raw`` is the whole parsed file."""
+    """A loaded protocol file (see the module docstring); ``raw`` is the whole parsed file, ``text`` its text."""
 
     name: str
     version: int
     raw: dict
+    text: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(self.text.encode()).hexdigest()[:12]
 
     @property
     def tag(self) -> dict:
-        """What every record stores: ``{"name", "version"}``."""
-        return {"name": self.name, "version": self.version}
+        """What every record stores: ``{"name", "version", "digest"}``."""
+        return {"name": self.name, "version": self.version, "digest": self.digest}
+
+    @property
+    def free_parameters(self) -> list[str]:
+        """Parameters ``--set`` may change (they do not change results, e.g. ``offload``)."""
+        return list(self.raw.get("free_parameters") or [])
+
+    @property
+    def output(self) -> tuple[str, dict]:
+        """``(suffix, PIL save options)`` of the edited image the metrics score."""
+        spec = self.raw.get("output") or {"format": "png"}
+        return FORMATS[spec["format"]], ({"quality": int(spec["quality"])} if spec["format"] == "jpeg" else {})
+
+    def check_output_folder(self, root: Path) -> None:
+        """Refuse an output folder that keeps another protocol file (before anything is written)."""
+        kept = root / KEPT
+        if kept.is_file():
+            other = hashlib.sha1(kept.read_text(encoding="utf-8").encode()).hexdigest()[:12]
+            if other != self.digest:
+                raise EditflowError(f"{root} holds a run of another protocol file ({kept}, digest {other}; this one is "
+                                    f"{self.name} v{self.version}, {self.digest}): pass another --out")
+
+    def keep_in(self, root: Path) -> None:
+        """Write this protocol's text to ``root/protocol.yaml`` (atomically) unless it is there."""
+        from ..images import write_atomic
+
+        if not (root / KEPT).is_file():
+            write_atomic(root / KEPT, lambda fh, _: fh.write(self.text.encode()))
 
     @property
     def metrics(self) -> dict[str, dict]:
@@ -108,39 +150,66 @@ def load_protocol(name_or_path: str | os.PathLike) -> Protocol:
         if not path.is_file():
             raise EditflowError(f"--protocol {text_name!r} is neither a packaged protocol ({', '.join(PACKAGED)}) "
                                 "nor a protocol file: pass one of those")
-        text, where = path.read_text(encoding="utf-8"), f"protocol file {path}"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EditflowError(f"protocol file {path} cannot be read as UTF-8 text ({exc}): fix it") from None
+        where = f"protocol file {path}"
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise EditflowError(f"{where} is not valid YAML ({getattr(exc, 'problem', None) or exc}): fix the syntax") from None
     _check(raw, where)
-    return Protocol(raw["name"], raw["version"], raw)
+    return Protocol(raw["name"], raw["version"], raw, text)
 
 
 def _check(raw, where: str) -> None:
+    """Every field the runner and report read, with its type; one line naming the first that is wrong."""
+    import dataclasses
+
     from ..methods import METHODS
 
-    if not isinstance(raw, dict):
-        raise EditflowError(f"{where} holds no mapping: write name, version, data, metrics and methods")
+    def need(ok: bool, problem: str) -> None:
+        if not ok:
+            raise EditflowError(f"{where}: {problem}")
+
+    need(isinstance(raw, dict), "holds no mapping: write name, version, data, metrics and methods")
     for key in ("name", "version", "data", "metrics", "methods"):
-        if key not in raw:
-            raise EditflowError(f"{where} lacks {key!r}: add it")
-    if isinstance(raw["version"], bool) or not isinstance(raw["version"], int):
-        raise EditflowError(f"{where}: version must be a whole number, got {raw['version']!r}")
+        need(key in raw, f"lacks {key!r}: add it")
+    need(isinstance(raw["name"], str) and raw["name"].strip() != "", "name must be a non-empty string")
+    need(isinstance(raw["version"], int) and not isinstance(raw["version"], bool), f"version must be a whole number, got {raw['version']!r}")
     data = raw["data"]
-    if not isinstance(data, dict) or not isinstance(data.get("subsets"), dict) or data.get("default_subset") not in data["subsets"]:
-        raise EditflowError(f"{where}: data needs subsets (name: {{categories: [...]}}) and a default_subset among them")
-    for name, spec in raw["metrics"].items():
-        if not isinstance(spec, dict) or not {"column", "scale", "unit", "better"} <= set(spec):
-            raise EditflowError(f"{where}: metric {name!r} needs column, scale, unit and better")
+    need(isinstance(data, dict) and isinstance(data.get("subsets"), dict) and data.get("default_subset") in data["subsets"],
+         "data needs subsets (name: {categories: [...], items: N}) and a default_subset among them")
+    for name, spec in data["subsets"].items():
+        need(isinstance(spec, dict) and isinstance(spec.get("categories"), list) and isinstance(spec.get("items"), int),
+             f"subset {name!r} needs categories (a list) and items (a whole number)")
+    metrics = raw["metrics"]
+    need(isinstance(metrics, dict) and set(metrics) == set(PIE_METRICS),
+         f"metrics must be exactly {', '.join(PIE_METRICS)} (the ones editflow computes)")
+    for name, spec in metrics.items():
+        need(isinstance(spec, dict) and {"column", "scale", "unit", "better"} <= set(spec)
+             and isinstance(spec["scale"], (int, float)), f"metric {name!r} needs column, scale (a number), unit and better")
+    for name in ("structure_distance", "lpips_unedit_part", "clip_similarity_target_image"):
+        need(isinstance(metrics[name].get("model"), str), f"metric {name!r} needs model (a checkpoint name or path)")
+    output = raw.get("output") or {"format": "png"}
+    need(isinstance(output, dict) and output.get("format") in FORMATS
+         and (output["format"] != "jpeg" or isinstance(output.get("quality"), int)),
+         "output must be {format: png} or {format: jpeg, quality: N}")
+    free = raw.get("free_parameters") or []
+    need(isinstance(free, list) and all(isinstance(k, str) for k in free), "free_parameters must be a list of names")
+    need(isinstance(raw["methods"], dict), "methods must map method -> family -> {params, source}")
     for method, families in raw["methods"].items():
-        if method not in METHODS:
-            raise EditflowError(f"{where}: method {method!r} is not one of editflow's ({', '.join(sorted(METHODS))})")
+        need(method in METHODS, f"method {method!r} is not one of editflow's ({', '.join(sorted(METHODS))})")
+        need(isinstance(families, dict), f"{method} must map family -> {{params, source}}")
         for family, entry in families.items():
-            if not isinstance(entry, dict) or "params" not in entry or "source" not in entry:
-                raise EditflowError(f"{where}: {method}.{family} needs params and source")
+            need(isinstance(entry, dict) and isinstance(entry.get("params"), dict) and isinstance(entry.get("source"), str),
+                 f"{method}.{family} needs params (a mapping) and source (a string)")
+            cls = METHODS[method].params
+            missing = sorted({f.name for f in dataclasses.fields(cls)} - set(entry["params"]))
+            need(not missing, f"{method}.{family} leaves {', '.join(missing)} unpinned: give every parameter")
             try:
-                METHODS[method].params.for_family(family, **entry["params"])
+                cls.for_family(family, **entry["params"])
             except (EditflowError, TypeError) as exc:
                 raise EditflowError(f"{where}: {method}.{family} params are not {method}'s: {exc}") from None
 
@@ -171,7 +240,7 @@ def pie_scorer(protocol: Protocol, paths: dict[str, str], device=None):
 
     spec = protocol.metrics
     structure = StructureDistance.from_pretrained(paths.get("structure_distance", spec["structure_distance"]["model"]),
-                                                  device=device, resize=spec["structure_distance"].get("resize", "bilinear"))
+                                                  device=device, resize=spec["structure_distance"].get("resize", "bicubic"))
     clip = ClipText.from_pretrained(paths.get("clip_t", spec["clip_similarity_target_image"]["model"]), device=device,
                                     scale=100.0, clip_negative=True)
     lpips = LPIPS.from_pretrained(paths.get("lpips", spec["lpips_unedit_part"]["model"]), device=device, net="squeeze")

@@ -7,7 +7,9 @@
   (``editflow/assets/published/NAME.yaml``) as ``ours / theirs (ours - theirs)`` per column, with
   who reported it, whether we read it second-hand, and on which subset.
 
-Only records made under one protocol and version are read; a run that mixes versions is refused.
+Only the records made under a protocol are read: one protocol file (the copy the run kept as
+``DIR/protocol.yaml``, or the packaged one of that name and digest) and one model; a folder that
+mixes them is refused.
 """
 
 from __future__ import annotations
@@ -19,22 +21,32 @@ from importlib import resources
 import numpy as np
 
 from ..errors import EditflowError
-from .protocol import Protocol, load_protocol
+from pathlib import Path
+
+from .protocol import KEPT, PACKAGED, Protocol, load_protocol
 
 
-def run_protocol(rows: list[dict]) -> Protocol | None:
-    """The protocol of a run's records (None when they have none); mixed versions are refused."""
-    tags = {(r["protocol"]["name"], r["protocol"]["version"]) for r in rows if r.get("protocol")}
+def run_protocol(rows: list[dict], root: Path) -> Protocol | None:
+    """The protocol of a run's records (None when they have none), from the copy the run kept in
+    ``root`` or the packaged one with the records' digest; mixed protocols or models are refused."""
+    tagged = [r for r in rows if r.get("protocol")]
+    tags = {(r["protocol"]["name"], r["protocol"]["version"], r["protocol"].get("digest")) for r in tagged}
     if not tags:
         return None
     if len(tags) > 1:
-        raise EditflowError(f"this run mixes protocol versions {sorted(tags)}: report each in its own --out folder")
-    (name, version), = tags
-    protocol = load_protocol(name)
-    if protocol.version != version:
-        raise EditflowError(f"the records were made under {name} v{version} and this editflow has v{protocol.version}: "
-                            "report them with the editflow that made them")
-    return protocol
+        raise EditflowError(f"{root} mixes runs of protocols {sorted(tags)}: report each in its own --out folder")
+    models = sorted({(r["model"], r.get("family")) for r in tagged})
+    if len(models) > 1:
+        raise EditflowError(f"{root} holds protocol runs of several models {models}: report each in its own --out folder")
+    (name, version, digest), = tags
+    candidates = ([root / KEPT] if (root / KEPT).is_file() else []) + ([name] if name in PACKAGED else [])
+    for source in candidates:
+        protocol = load_protocol(source)
+        if (protocol.name, protocol.version, protocol.digest) == (name, version, digest):
+            return protocol
+    raise EditflowError(f"the records in {root} were made under protocol {name} v{version} (digest {digest}), and "
+                        f"neither {root / KEPT} nor this editflow's {name} is that file: report them with the "
+                        "editflow and protocol file that made them")
 
 
 def columns(protocol: Protocol) -> list[tuple[str, str, float]]:
@@ -52,9 +64,11 @@ def _mean(values) -> float:
 
 
 def method_means(rows: list[dict], protocol: Protocol) -> dict[str, dict]:
-    """Per method (baselines marked): n, family, NFE and each metric's mean in the papers' units."""
+    """Per method (baselines marked), over the protocol's records: n, family, NFE, each metric's
+    mean in the papers' units (finite values), and ``inf_psnr``: items whose background was
+    returned unchanged (PSNR infinite; left out of the PSNR mean)."""
     groups = defaultdict(list)
-    for r in rows:
+    for r in (r for r in rows if r.get("protocol")):
         groups[f"{r['method']} (baseline)" if r.get("baseline") else r["method"]].append(r)
     out = {}
     for label, members in groups.items():
@@ -62,6 +76,7 @@ def method_means(rows: list[dict], protocol: Protocol) -> dict[str, dict]:
                 "nfe": _mean([r["nfe_calls"] for r in members])}
         for name, _, scale in columns(protocol):
             cell[name] = _mean([r["metrics"].get(name) for r in members]) * scale
+        cell["inf_psnr"] = sum(r["metrics"].get("psnr_unedit_part") == "inf" for r in members)
         out[label] = cell
     return dict(sorted(out.items(), key=lambda kv: (kv[0].endswith("(baseline)"), kv[0])))
 
@@ -70,15 +85,27 @@ def _fmt(v: float) -> str:
     return "-" if not math.isfinite(v) else f"{v:.2f}"
 
 
+def coverage(rows: list[dict], protocol: Protocol) -> str:
+    """Which items the run holds, against the protocol's subsets: ``700 items (subset all)`` or
+    ``4 items, categories ...: not a whole subset``."""
+    tagged = [r for r in rows if r.get("protocol")]
+    n = len({r["item"] for r in tagged})
+    cats = sorted({str(r.get("category", "?")) for r in tagged})
+    whole = [name for name, spec in protocol.raw["data"]["subsets"].items() if spec["items"] == n]
+    return (f"{n} items, model {tagged[0]['model']}" + (f" (the whole subset {' / '.join(whole)})" if whole else
+            f", categories {', '.join(cats)}: not a whole subset of the protocol, so not comparable to a paper's table"))
+
+
 def protocol_markdown(rows: list[dict], protocol: Protocol) -> str:
     cols = columns(protocol)
-    cats = sorted({r.get("category", "?") for r in rows})
+    means = method_means(rows, protocol)
     out = [f"## Protocol {protocol.name} v{protocol.version}, in the papers' units", "",
-           f"{len({r['item'] for r in rows})} items, categories: {', '.join(cats)}. Means over the items with a "
-           "finite value (a background metric is left out where the mask covers the whole image).", "",
-           "| method | n | NFE | " + " | ".join(h for _, h, _ in cols) + " |", "| --- " * (3 + len(cols)) + "|"]
-    for label, cell in method_means(rows, protocol).items():
-        out.append(f"| {label} | {cell['n']} | {cell['nfe']:.0f} | " + " | ".join(_fmt(cell[m]) for m, _, _ in cols) + " |")
+           f"{coverage(rows, protocol)}. Means over the items with a finite value (a background metric is left out "
+           "where the mask covers the whole image, and PSNR where the background came back unchanged).", "",
+           "| method | n | NFE | " + " | ".join(h for _, h, _ in cols) + " | PSNR inf |", "| --- " * (4 + len(cols)) + "|"]
+    for label, cell in means.items():
+        out.append(f"| {label} | {cell['n']} | {cell['nfe']:.0f} | " + " | ".join(_fmt(cell[m]) for m, _, _ in cols)
+                   + f" | {cell['inf_psnr']} |")
     return "\n".join(out) + "\n"
 
 
@@ -95,19 +122,18 @@ def load_published(name: str) -> list[dict]:
             for row in data["rows"]]
 
 
-def published_markdown(rows: list[dict]) -> str:
+def published_markdown(rows: list[dict], root: Path) -> str:
     """Each method of the run beside every published row of that method and family."""
-    protocol = run_protocol(rows)
+    protocol = run_protocol(rows, root)
     if protocol is None:
         raise EditflowError("--compare-published needs a run made under a protocol: run `editflow bench run "
                             "--protocol pie-bench ...` first")
     cols = columns(protocol)
     means = method_means(rows, protocol)
     published = load_published(protocol.name)
-    n_items = len({r["item"] for r in rows})
     out = [f"# {protocol.name} v{protocol.version}: this run beside the published numbers", "",
-           f"Each cell is ours / theirs (ours - theirs) in the papers' units; ours is the mean over this run's "
-           f"{n_items} items, model {rows[0]['model']}. Second-hand: we read the number in a third party's summary, "
+           f"This run: {coverage(rows, protocol)}. Each cell is ours / theirs (ours - theirs) in the papers' units. "
+           "Second-hand: we read the number in a third party's summary, "
            "not in the source named; check it there before quoting it. Subset 620 = without the style category; "
            "'?' = the source does not say. Differences in steps, guidance and subset move these numbers a lot "
            "(shared/references/frontier.md, A.2).", "",

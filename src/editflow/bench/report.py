@@ -335,8 +335,8 @@ def report(run_dir: str, x: str | None = None, y: str | None = None, grid_items:
     rows = read_records(root) if root.exists() else []
     if not rows:
         raise EditflowError(f"no results in {root}: run `editflow bench run --out {root}` first")
-    protocol = run_protocol(rows)
-    compared = published_markdown(rows) if compare_published else None  # refused before anything is written
+    protocol = run_protocol(rows, root)
+    compared = published_markdown(rows, root) if compare_published else None  # refused before anything is written
     names, table = summarise(rows)
     folder = root / "report"
     folder.mkdir(exist_ok=True)

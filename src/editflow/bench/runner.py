@@ -7,8 +7,9 @@ complete line), so killing a run loses at most the item in flight. Under ``accel
 (or any launcher that sets ``RANK`` / ``WORLD_SIZE``) process ``r`` of ``w`` takes items
 ``r, r + w, ...`` and writes ``results.r{r}.jsonl``: no item is done twice.
 
-A record: ``key, item, category, method, params, model, seed, metrics{...}, nfe_calls, nfe_rows,
-seconds, peak_memory_bytes, image`` (the edited image, relative to the output folder).
+A record: ``key, item, category, method, params, model, seed, item_seed (the seed the item was
+edited with), metrics{...}, nfe_calls, nfe_rows, seconds, peak_memory_bytes, image`` (the edited
+image, relative to the output folder).
 
 Every run also scores the baselines of :mod:`editflow.bench.baselines` (identity, regeneration
 from the target prompt, the ground truth through the VAE where the dataset has one) on the same
@@ -55,6 +56,12 @@ def process_rank() -> tuple[int, int]:
     if not 0 <= rank < world:
         raise EditflowError(f"RANK={rank} is not below WORLD_SIZE={world}")
     return rank, world
+
+
+def item_index(rec: EditRecord, i: int) -> int:
+    """What item ``i`` of a run adds to the seed: its position in the dataset file under a protocol
+    (so a subset edits each item as the whole set does), else ``i``."""
+    return rec.extras.get("position", i)
 
 
 def rank_device(device: str | None) -> str | None:
@@ -275,7 +282,8 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     seed ``seed + i`` lies in ``[0, 2**64 - 1]``. Returns (items, methods, overrides per method).
 
     Under a ``protocol`` (:class:`editflow.bench.protocol.Protocol`): the data must be PIE-Bench's,
-    ``--set`` is refused (the protocol pins every parameter), ``methods == ["all"]`` means every
+    ``--set`` may change only the protocol's ``free_parameters`` (which do not change results),
+    ``--seed`` only to the protocol's, ``methods == ["all"]`` means every
     method it pins for the model's family, each method must be pinned for that family when the
     family is known before loading, and the items are those of ``subset``."""
     import numbers
@@ -288,9 +296,15 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     except (EditflowError, OSError, ValueError):
         family = None  # a hub id (or a folder load_model will explain): its family is known once loaded
     if protocol is not None:
-        if sets:
-            raise EditflowError(f"--protocol {protocol.name} pins every method's parameters, so --set is refused: "
-                                "drop --set, or run without --protocol")
+        free = protocol.free_parameters
+        for pair in sets or []:
+            if pair.partition("=")[0].rpartition(".")[2] not in free:
+                raise EditflowError(f"--protocol {protocol.name} pins every method's parameters, so --set {pair!r} is "
+                                    f"refused (only {', '.join(free) or 'none'} may change): drop it, or run without "
+                                    "--protocol")
+        if seed != protocol.seed:
+            raise EditflowError(f"--protocol {protocol.name} pins the seed ({protocol.seed}: item i uses "
+                                f"{protocol.seed} + i), so --seed {seed!r} is refused: drop --seed")
         if methods == ["all"]:
             if family is None:
                 raise EditflowError(f"--methods all needs the model's family before it loads: name the methods "
@@ -315,11 +329,13 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
         if not all("editing_type_id" in rec.extras for rec in items):
             raise EditflowError(f"--protocol {protocol.name} runs on PIE-Bench's mapping_file.json, and {data} is "
                                 "another format: pass --data PIE-Bench's data folder")
+        for position, rec in enumerate(items):  # a protocol seeds by file position, whatever the subset
+            rec.extras["position"] = position
         items = protocol.select(items, subset)
         if not items:
             raise EditflowError(f"{data} holds no item of subset {protocol.subset(subset)[0]!r}: pass another --subset")
     items = items[:limit]
-    last = len(items) - 1
+    last = max(item_index(rec, i) for i, rec in enumerate(items))
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX - last:
         raise EditflowError(f"--seed {seed!r}: item i is edited with seed + i, so for these {len(items)} items "
                             f"--seed must be a whole number from 0 to {SEED_MAX - last}")
@@ -328,7 +344,7 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     _check_images(items, limits)
     if family is not None:
         if protocol is not None:
-            overrides = {m: protocol.params(m, family) for m in methods}
+            overrides = {m: dict(protocol.params(m, family), **overrides[m]) for m in methods}
         _resolved(methods, overrides, family, limits)
     return items, methods, overrides
 
@@ -360,14 +376,15 @@ def _resolved(methods: list[str], overrides: dict[str, dict[str, Any]], family: 
     return out
 
 
-def _save(image, path: Path) -> None:
-    """``images.save_image`` (atomic) into a folder made here; a failure is one line that says re-running resumes."""
+def _save(image, path: Path, **options) -> None:
+    """``images.save_image`` (atomic, ``options`` to PIL's writer) into a folder made here; a
+    failure is one line that says re-running resumes."""
     from ..images import save_image
 
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            save_image(image, path)
+            save_image(image, path, **options)
         except EditflowError as exc:  # save_image words a failed write itself
             raise EditflowError(f"{exc}; then {RESUME}") from None
 
@@ -405,23 +422,28 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
         pinned = load_protocol(protocol)
     items, methods, overrides = prepare(data, methods, model_name, sets, metrics, seed, limit, limits, baselines,
                                         pinned, subset)
-    tag = None if pinned is None else pinned.tag
+    tag, suffix, save_options = None, ".png", {}
+    if pinned is not None:
+        from .protocol import pie_scorer
+
+        tag = pinned.tag
+        suffix, save_options = pinned.output
+        pinned.check_output_folder(Path(out))
+        metric_list = [Metric(pinned.name, pie_scorer(pinned, metric_paths or {}, device))]
+    else:
+        metric_list = pixel_metrics() + [oracle_metric()]
+    metric_list += model_metrics(metrics or [], metric_paths or {}, device)  # every metric model loads before OUT exists
     label = model_label(model_name, load_options)
     root = Path(out)
     with writing(root, "pass another --out"):
         root.mkdir(parents=True, exist_ok=True)
     shard = root / f"results.r{rank}.jsonl"
     with run_lock(root, rank):
-        if pinned is None:
-            metric_list = pixel_metrics() + [oracle_metric()]
-        else:
-            from .protocol import pie_scorer
-
-            metric_list = [Metric(pinned.name, pie_scorer(pinned, metric_paths or {}, device))]
-        metric_list += model_metrics(metrics or [], metric_paths or {}, device)
+        if pinned is not None:
+            pinned.keep_in(root)
         model = load_model(model_name, device=device, progress=progress, **load_options)
         if pinned is not None:  # the family is known now (prepare checked it when it was before)
-            overrides = {m: pinned.params(m, model.family) for m in methods}
+            overrides = {m: dict(pinned.params(m, model.family), **overrides[m]) for m in methods}
         resolved = _resolved(methods, overrides, model.family, limits)
         resolved.update({b: baseline_params(b) for b in baselines})
         done = {r["key"] for r in read_records(root, repair=shard)}
@@ -436,28 +458,33 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
         loaded = None  # (index, record with its mask in memory, source image): todo runs item by item
         for i, m in todo:
             if loaded is None or loaded[0] != i:
-                mask = items[i].mask  # decoded once per item, not once per method and metric
-                rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask))
+                mask, method_mask = items[i].mask, items[i].method_mask  # decoded once per item
+                rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask),
+                                          method_mask_loader=None if method_mask is None else (lambda m=method_mask: m))
                 loaded = (i, rec, load_image(rec.image, limits))
             _, rec, source = loaded
             if m in baselines:
                 truth = load_image(rec.target_image, limits) if m == "vae_ceiling" else None
-                image, nfe, seconds = run_baseline(m, model, source, rec.target_prompt, seed + i, truth, limits)
+                image, nfe, seconds = run_baseline(m, model, source, rec.target_prompt, seed + item_index(rec, i), truth,
+                                                   limits)
                 peak = None  # not measured for baselines
             else:
-                result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + i,
-                              mask=rec.mask if get_method(m).params.NEEDS_MASK else None, limits=limits, **overrides[m])
+                result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + item_index(rec, i),
+                              mask=rec.method_mask if get_method(m).params.NEEDS_MASK else None, limits=limits,
+                              **overrides[m])
                 image, nfe, seconds, peak = result.image, result.nfe, result.seconds, result.peak_memory_bytes
             key = record_key(rec.id, m, resolved[m], label, seed, tag)
-            rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + ".png")
-            _save(image, root / rel)
+            rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + suffix)
+            _save(image, root / rel, **save_options)
+            if save_options:  # a protocol scores the file it keeps, as PnPInversion scores its JPEGs
+                image = load_image(root / rel, limits)
             src, edited = np.asarray(source), np.asarray(image)
             values: dict[str, float] = {}
             for metric in metric_list:
                 values.update(metric.fn(src, edited, rec))
             append_record(shard, {
                 "key": key, "item": rec.id, "category": rec.category, "method": m, "params": resolved[m],
-                "model": label, "seed": seed, "metrics": {k: _finite(v) for k, v in values.items()},
+                "model": label, "seed": seed, "item_seed": seed + item_index(rec, i), "metrics": {k: _finite(v) for k, v in values.items()},
                 "nfe_calls": nfe.calls, "nfe_rows": nfe.rows, "seconds": seconds,
                 "peak_memory_bytes": peak, "image": str(rel), "source_image": str(rec.image),
                 "rank": rank, "baseline": m in baselines,

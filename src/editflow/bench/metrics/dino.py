@@ -15,9 +15,9 @@
 Preprocessing: DINO resizes to the model's size (bicubic); structure distance resizes the shorter
 side to 224 (longer side at most 480) as PIE-Bench's ``Resize(224, max_size=480)`` does on its
 0-255 float tensor: bilinear with antialiasing (``resize="bilinear"``, torchvision 0.17+'s tensor
-default; torchvision 0.15-0.16 did not antialias tensors: ``resize="bilinear-noaa"``;
-``resize="bicubic"`` is PIL's bicubic, editflow's choice before protocol 1). Both use ImageNet
-mean/std.
+default, the pie-bench protocol's choice; torchvision 0.15-0.16 did not antialias tensors:
+``resize="bilinear-noaa"``) or, the default kept for earlier runs' sake, PIL's bicubic
+(``resize="bicubic"``). Both use ImageNet mean/std.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class StructureDistance(_Dino):
     DEFAULT = "facebook/dino-vitb8"
 
     def __init__(self, model, size: int = 224, batch_size: int = 1, pixel_range: float = 255.0,
-                 resize: str = "bilinear"):
+                 resize: str = "bicubic"):
         super().__init__(model, size, batch_size)
         if resize not in RESIZES:
             raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
