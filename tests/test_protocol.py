@@ -75,18 +75,29 @@ def _bench(*args, check=True):
 @pytest.fixture(scope="module")
 def protocol_run(pie_set, tiny_clip, tiny_vit, tiny_lpips_squeeze, tmp_path_factory):
     out = tmp_path_factory.mktemp("pie-run")
-    _bench("run", "--data", pie_set, "--protocol", "pie-bench", "--subset", "no-style", "--methods", "flowedit,uniedit",
-           "--model", "tiny-flux", "--device", "cpu", "--out", out, "--baselines", "identity", "-q",
-           "--metric-model", f"clip_t={tiny_clip}", "--metric-model", f"structure_distance={tiny_vit}",
-           "--metric-model", f"lpips={tiny_lpips_squeeze}")
+    _bench(*_run_args(pie_set, out, tiny_clip, tiny_vit, tiny_lpips_squeeze))
     return out
+
+
+def _run_args(pie_set, out, clip, vit, lpips, *extra):
+    return ["run", "--data", pie_set, "--protocol", "pie-bench", "--subset", "no-style", "--methods",
+            "flowedit,uniedit,rf_edit", "--model", "tiny-flux", "--device", "cpu", "--out", out, "--baselines", "identity",
+            "-q", "--metric-model", f"clip_t={clip}", "--metric-model", f"structure_distance={vit}",
+            "--metric-model", f"lpips={lpips}", *extra]
+
+
+def test_a_resumed_run_with_offload_edits_nothing_again(protocol_run, pie_set, tiny_clip, tiny_vit, tiny_lpips_squeeze):
+    """offload is the protocol's one free parameter: it does not change results, so not the keys."""
+    before = sorted(json.dumps(r, sort_keys=True) for r in read_records(protocol_run))
+    _bench(*_run_args(pie_set, protocol_run, tiny_clip, tiny_vit, tiny_lpips_squeeze, "--set", "rf_edit.offload=true"))
+    assert sorted(json.dumps(r, sort_keys=True) for r in read_records(protocol_run)) == before
 
 
 def test_protocol_run_records_version_parameters_and_pie_metrics(protocol_run, pie_set):
     rows = read_records(protocol_run)
     proto = load_protocol("pie-bench")
-    # no-style: category 9 left out; 3 items x (2 methods + identity)
-    assert len(rows) == 9 and {r["item"] for r in rows} == {k for k, t, *_ in ITEMS if t != "9"}
+    # no-style: category 9 left out; 3 items x (3 methods + identity)
+    assert len(rows) == 12 and {r["item"] for r in rows} == {k for k, t, *_ in ITEMS if t != "9"}
     positions = {key: n for n, (key, *_) in enumerate(ITEMS)}
     for r in rows:
         assert r["protocol"] == {"name": "pie-bench", "version": proto.version, "digest": proto.digest}
@@ -344,6 +355,23 @@ def test_methods_get_the_mask_without_the_evaluation_border(pie_set):
     scored, given = rec.mask, rec.method_mask
     assert scored[0].all() and scored[:, 0].all() and not given[0].any() and not given[:, 0].any()
     assert (scored[1:-1, 1:-1] == given[1:-1, 1:-1]).all() and given[100:300, 120:360].all()
+    empty = next(r for r in read_pie_bench(pie_set) if r.id == "911000000000")  # its run-length mask is empty
+    assert (empty.method_mask == empty.mask).all() and empty.mask.sum() == 4 * 511
+
+
+def test_coverage_says_whether_every_method_ran_a_whole_subset():
+    import dataclasses
+
+    from editflow.bench.published import coverage
+
+    proto = load_protocol("pie-bench")
+    raw = dict(proto.raw, data={"subsets": {"tiny": {"categories": ["0", "1"], "items": 2}}, "default_subset": "tiny"})
+    tiny = dataclasses.replace(proto, raw=raw)
+    row = {"protocol": proto.tag, "model": "m", "category": "c"}
+    rows = [dict(row, item=i, editing_type=t, method=m) for i, t in (("a", "0"), ("b", "1")) for m in ("x", "y")]
+    assert "the whole subset tiny" in coverage(rows, tiny)
+    assert "not a whole subset" in coverage(rows[:-1], tiny)  # method y lacks item b
+    assert "not a whole subset" in coverage(rows + [dict(row, item="c", editing_type="9", method="x")], tiny)
 
 
 def test_every_parameter_is_pinned_and_only_free_ones_may_change(tmp_path):

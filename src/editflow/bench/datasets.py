@@ -14,7 +14,8 @@ Every path a dataset file names is resolved inside the dataset's folder; one tha
   with images under ``annotation_images/``; ``[ ]`` markers are removed from the prompts (kept in
   ``extras``); the mask is run-length encoded as (start, length) pairs over the row-major 512 x 512
   image, and, as PIE-Bench's own ``mask_decode`` does, its one-pixel border is set for scoring
-  (``mask``); methods that take a mask get it without that border (``method_mask``).
+  (``mask``); methods that take a mask get it without that border (``method_mask``; with it where
+  the mask alone is empty).
 * shapes: ``edits.jsonl`` written by ``editflow world edits`` (ground-truth target included).
 
 Each reader checks the whole file before it returns, so a benchmark fails before any model
@@ -278,6 +279,13 @@ def decode_rle(encoded: list[int], shape: tuple[int, int] = PIE_SIZE, border: bo
     return mask
 
 
+def _method_mask(encoded: list[int]) -> np.ndarray:
+    """The mask a method edits inside: PIE-Bench's without the evaluation border, or with it where
+    the run-length mask alone selects nothing (a method that needs a mask then edits the border)."""
+    mask = decode_rle(encoded, border=False)
+    return mask if mask.any() else decode_rle(encoded)
+
+
 def strip_markers(prompt: str) -> str:
     return re.sub(r"\s+", " ", prompt.replace("[", "").replace("]", "")).strip()
 
@@ -324,7 +332,7 @@ def read_pie_bench(path: str | os.PathLike) -> list[EditRecord]:
             source_prompt=strip_markers(original), target_prompt=strip_markers(editing),
             category=PIE_CATEGORIES.get(str(type_id), str(type_id)), extras=extras,
             mask_loader=lambda encoded=encoded: decode_rle(encoded),
-            method_mask_loader=lambda encoded=encoded: decode_rle(encoded, border=False),
+            method_mask_loader=lambda encoded=encoded: _method_mask(encoded),
         )))
     return _checked(file, found, "rename one of the two items")
 

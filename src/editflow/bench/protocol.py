@@ -84,7 +84,10 @@ class Protocol:
         """Refuse an output folder that keeps another protocol file (before anything is written)."""
         kept = root / KEPT
         if kept.is_file():
-            other = hashlib.sha1(kept.read_text(encoding="utf-8").encode()).hexdigest()[:12]
+            try:
+                other = hashlib.sha1(kept.read_text(encoding="utf-8").encode()).hexdigest()[:12]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise EditflowError(f"{kept} cannot be read ({exc}): pass another --out") from None
             if other != self.digest:
                 raise EditflowError(f"{root} holds a run of another protocol file ({kept}, digest {other}; this one is "
                                     f"{self.name} v{self.version}, {self.digest}): pass another --out")
@@ -196,6 +199,12 @@ def _check(raw, where: str) -> None:
     need(isinstance(output, dict) and output.get("format") in FORMATS
          and (output["format"] != "jpeg" or isinstance(output.get("quality"), int)),
          "output must be {format: png} or {format: jpeg, quality: N}")
+    need(isinstance(raw.get("seed", 0), int) and not isinstance(raw.get("seed", 0), bool) and raw.get("seed", 0) >= 0,
+         f"seed must be a whole number >= 0, got {raw.get('seed')!r}")
+    from .metrics.dino import RESIZES
+
+    need(metrics["structure_distance"].get("resize", "bilinear") in RESIZES,
+         f"structure_distance resize must be one of {', '.join(RESIZES)}")
     free = raw.get("free_parameters") or []
     need(isinstance(free, list) and all(isinstance(k, str) for k in free), "free_parameters must be a list of names")
     need(isinstance(raw["methods"], dict), "methods must map method -> family -> {params, source}")
@@ -240,7 +249,7 @@ def pie_scorer(protocol: Protocol, paths: dict[str, str], device=None):
 
     spec = protocol.metrics
     structure = StructureDistance.from_pretrained(paths.get("structure_distance", spec["structure_distance"]["model"]),
-                                                  device=device, resize=spec["structure_distance"].get("resize", "bicubic"))
+                                                  device=device, resize=spec["structure_distance"].get("resize", "bilinear"))
     clip = ClipText.from_pretrained(paths.get("clip_t", spec["clip_similarity_target_image"]["model"]), device=device,
                                     scale=100.0, clip_negative=True)
     lpips = LPIPS.from_pretrained(paths.get("lpips", spec["lpips_unedit_part"]["model"]), device=device, net="squeeze")

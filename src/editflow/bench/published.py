@@ -34,7 +34,7 @@ def run_protocol(rows: list[dict], root: Path) -> Protocol | None:
     if not tags:
         return None
     if len(tags) > 1:
-        raise EditflowError(f"{root} mixes runs of protocols {sorted(tags)}: report each in its own --out folder")
+        raise EditflowError(f"{root} mixes runs of protocols {sorted(tags, key=repr)}: report each in its own --out folder")
     models = sorted({(r["model"], r.get("family")) for r in tagged})
     if len(models) > 1:
         raise EditflowError(f"{root} holds protocol runs of several models {models}: report each in its own --out folder")
@@ -86,14 +86,25 @@ def _fmt(v: float) -> str:
 
 
 def coverage(rows: list[dict], protocol: Protocol) -> str:
-    """Which items the run holds, against the protocol's subsets: ``700 items (subset all)`` or
-    ``4 items, categories ...: not a whole subset``."""
+    """Which items the run holds, against the protocol's subsets: ``the whole subset all`` when
+    every method (baselines aside) scored exactly that subset's items and categories, else what
+    is there and that it is not comparable to a paper's table."""
     tagged = [r for r in rows if r.get("protocol")]
     n = len({r["item"] for r in tagged})
     cats = sorted({str(r.get("category", "?")) for r in tagged})
-    whole = [name for name, spec in protocol.raw["data"]["subsets"].items() if spec["items"] == n]
-    return (f"{n} items, model {tagged[0]['model']}" + (f" (the whole subset {' / '.join(whole)})" if whole else
-            f", categories {', '.join(cats)}: not a whole subset of the protocol, so not comparable to a paper's table"))
+    types = {str(r.get("editing_type")) for r in tagged}
+    per_method = defaultdict(set)
+    for r in tagged:
+        if not r.get("baseline"):
+            per_method[r["method"]].add(r["item"])
+    whole = [name for name, spec in protocol.raw["data"]["subsets"].items()
+             if types == {str(c) for c in spec["categories"]}
+             and all(len(items) == spec["items"] for items in per_method.values())]
+    text = f"{n} items, model {tagged[0]['model']}"
+    if whole:
+        return text + f" (the whole subset {' / '.join(whole)}, every method on all of it)"
+    return text + (f", categories {', '.join(cats)}: not a whole subset of the protocol for every method, so not "
+                   "comparable to a paper's table")
 
 
 def protocol_markdown(rows: list[dict], protocol: Protocol) -> str:

@@ -446,10 +446,12 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
             overrides = {m: dict(pinned.params(m, model.family), **overrides[m]) for m in methods}
         resolved = _resolved(methods, overrides, model.family, limits)
         resolved.update({b: baseline_params(b) for b in baselines})
+        free = set() if pinned is None else set(pinned.free_parameters)  # results-neutral: not in the key
+        keyed = {m: {k: v for k, v in params.items() if k not in free} for m, params in resolved.items()}
         done = {r["key"] for r in read_records(root, repair=shard)}
         todo = [(i, m) for i, rec in enumerate(items) if i % world_size == rank
                 for m in [*methods, *(b for b in baselines if applies(b, rec.target_image))]
-                if record_key(rec.id, m, resolved[m], label, seed, tag) not in done]
+                if record_key(rec.id, m, keyed[m], label, seed, tag) not in done]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -473,7 +475,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                               mask=rec.method_mask if get_method(m).params.NEEDS_MASK else None, limits=limits,
                               **overrides[m])
                 image, nfe, seconds, peak = result.image, result.nfe, result.seconds, result.peak_memory_bytes
-            key = record_key(rec.id, m, resolved[m], label, seed, tag)
+            key = record_key(rec.id, m, keyed[m], label, seed, tag)
             rel = Path("images") / f"{m}-{key[:6]}" / (image_stem(rec.id) + suffix)
             _save(image, root / rel, **save_options)
             if save_options:  # a protocol scores the file it keeps, as PnPInversion scores its JPEGs
@@ -488,7 +490,8 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 "nfe_calls": nfe.calls, "nfe_rows": nfe.rows, "seconds": seconds,
                 "peak_memory_bytes": peak, "image": str(rel), "source_image": str(rec.image),
                 "rank": rank, "baseline": m in baselines,
-                **({} if tag is None else {"protocol": tag, "family": model.family}),
+                **({} if tag is None else {"protocol": tag, "family": model.family,
+                                           "editing_type": str(rec.extras.get("editing_type_id"))}),
             })
             if bar is not None:
                 bar.update(1)

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import ParameterError
+
 
 def digest(x: torch.Tensor) -> str:
     """A content hash of a tensor (dtype, shape and bytes)."""
@@ -49,6 +51,10 @@ def nbytes(value: Any) -> int:
 
 class InversionCache:
     def __init__(self, size: int = 8, max_bytes: int = 4 * 2**30):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ParameterError(f"InversionCache size must be a whole number >= 1, got {size!r}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ParameterError(f"InversionCache max_bytes must be a whole number >= 0, got {max_bytes!r}")
         self.size, self.max_bytes = size, max_bytes
         self.entries: OrderedDict[tuple, Any] = OrderedDict()
         self.hits = self.misses = 0
