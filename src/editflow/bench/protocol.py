@@ -51,6 +51,11 @@ KEPT = "protocol.yaml"  # the copy a run keeps in its output folder
 FORMATS = {"jpeg": ".jpg", "png": ".png"}
 
 
+def text_digest(text: str) -> str:
+    """A protocol file's digest: the SHA-1 of its text, 12 hex digits."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Protocol:
     """A loaded protocol file (see the module docstring); ``raw`` is the whole parsed file, ``text`` its text."""
@@ -62,7 +67,7 @@ class Protocol:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha1(self.text.encode()).hexdigest()[:12]
+        return text_digest(self.text)
 
     @property
     def tag(self) -> dict:
@@ -85,7 +90,7 @@ class Protocol:
         kept = root / KEPT
         if kept.is_file():
             try:
-                other = hashlib.sha1(kept.read_text(encoding="utf-8").encode()).hexdigest()[:12]
+                other = text_digest(kept.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError) as exc:
                 raise EditflowError(f"{kept} cannot be read ({exc}): pass another --out") from None
             if other != self.digest:
