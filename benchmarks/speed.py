@@ -99,19 +99,23 @@ def method_params(model, name: str, args) -> dict:
     return kw
 
 
-def run_once(model, m, req_args, p, seed, cache=None):
-    req = EditRequest(*req_args, cache=cache)
+def timed(model, call) -> tuple[float, list[int]]:
+    """Seconds of ``call()`` (synchronised) and the rows of each model call it made."""
     rows = []
-    listener = rows.append
-    model.counter.listeners.append(listener)
+    model.counter.listeners.append(rows.append)
     try:
         sync(model)
         start = time.perf_counter()
-        m.run(model, req, p, torch.Generator().manual_seed(seed))
+        call()
         sync(model)
-        seconds = time.perf_counter() - start
+        return time.perf_counter() - start, rows
     finally:
-        model.counter.listeners.remove(listener)
+        model.counter.listeners.remove(rows.append)
+
+
+def run_once(model, m, req_args, p, seed, cache=None):
+    req = EditRequest(*req_args, cache=cache)
+    seconds, rows = timed(model, lambda: m.run(model, req, p, torch.Generator().manual_seed(seed)))
     return seconds, rows, req.stats
 
 
@@ -120,23 +124,20 @@ TARGETS = ["a blue circle on a gray background", "a green circle on a gray backg
 CACHED = ("ode_inversion", "rf_inversion", "uniedit", "dnaedit", "ftedit", "rf_edit", "fireflow", "dit4edit", "stable_flow")
 
 
+def with_target(req_args, target: str):
+    """``req_args`` (latents, grid, source, target, mask) with another target prompt."""
+    return (*req_args[:3], target, req_args[4])
+
+
 def run_targets(model, m, req_args, p, seed, targets: list[str]):
     """Seconds and call rows of ``targets`` edited together: ``m.targets`` in one pass, or one
     ``m.run`` per target through one cache (the inversion once)."""
     if m.targets is not None:
-        rows = []
-        model.counter.listeners.append(rows.append)
-        try:
-            sync(model)
-            start = time.perf_counter()
-            m.targets(model, EditRequest(*req_args), targets, p, torch.Generator().manual_seed(seed))
-            sync(model)
-            return time.perf_counter() - start, rows
-        finally:
-            model.counter.listeners.remove(rows.append)
+        return timed(model, lambda: m.targets(model, EditRequest(*req_args), targets, p,
+                                              torch.Generator().manual_seed(seed)))
     cache, seconds, rows = InversionCache(size=1), 0.0, []
     for target in targets:
-        s, r, _ = run_once(model, m, (*req_args[:3], target, req_args[4]), p, seed, cache)
+        s, r, _ = run_once(model, m, with_target(req_args, target), p, seed, cache)
         seconds, rows = seconds + s, rows + r
     return seconds, rows
 
@@ -147,7 +148,7 @@ def targets_row(model, name: str, size: int, req_args, p, k: int, repeats: int, 
     targets = (TARGETS * k)[:k]
     run_targets(model, m, req_args, p, 0, targets)  # warm-up
     together = [run_targets(model, m, req_args, p, 0, targets) for _ in range(repeats)]
-    separate = [sum(run_once(model, m, (*req_args[:3], t, req_args[4]), p, 0)[0] for t in targets) for _ in range(repeats)]
+    separate = [sum(run_once(model, m, with_target(req_args, t), p, 0)[0] for t in targets) for _ in range(repeats)]
     seconds, rows = statistics.median(r[0] for r in together), together[0][1]
     alone = statistics.median(separate)
     return {"method": f"{name} x{k} targets", "size": size, "calls": len(rows), "rows": sum(rows), "seconds": seconds,

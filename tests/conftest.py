@@ -1,5 +1,8 @@
 import os
 import shutil
+import signal
+import subprocess
+import time
 from importlib import resources
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,3 +79,21 @@ def tiny_lpips_squeeze(tmp_path_factory):
     path = tmp_path_factory.mktemp("lpips") / "lpips_squeeze.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def kill_midway():
+    """``kill(cmd, env, shard, lines)``: start ``cmd``, SIGKILL it once ``shard`` holds ``lines``
+    complete lines (or when it ends first); returns its pid."""
+    def kill(cmd, env, shard, lines, poll=0.02, timeout=240):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if shard.exists() and shard.read_bytes().count(b"\n") >= lines:
+                break
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return proc.pid
+
+    return kill

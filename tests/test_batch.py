@@ -3,10 +3,8 @@ equal the 12 separate edits bit for bit, and survive kill -9; bad manifests are 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -85,20 +83,13 @@ def _cmd(manifest, out):
             "--device", "cpu", "-q"]
 
 
-def test_kill_and_resume_loses_nothing(tmp_path):
+def test_kill_and_resume_loses_nothing(tmp_path, kill_midway):
     manifest = _manifest(tmp_path, "flowedit", size=256)
     full = tmp_path / "full"
     subprocess.run(_cmd(manifest, full), check=True, env=_env(), timeout=300)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(manifest, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = out / "results.r0.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if shard.exists() and shard.read_bytes().count(b"\n") >= 4:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_midway(_cmd(manifest, out), _env(), shard, 4)
     written = len(read_records(out))
     assert 4 <= written < 12, written  # cut midway
     with open(shard, "ab") as f:  # a crash mid-write leaves a cut line

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -57,20 +55,13 @@ def test_a_run_writes_one_record_per_edit_with_metrics(uninterrupted, edit_set):
     assert r["category"] in ("color", "shape") and r["image"].endswith(".png")
 
 
-def test_killed_run_resumes_to_the_same_results_without_duplicates(edit_set, uninterrupted, tmp_path):
+def test_killed_run_resumes_to_the_same_results_without_duplicates(edit_set, uninterrupted, tmp_path, kill_midway):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(edit_set, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shard = out / "results.r0.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if shard.exists() and shard.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    pid = kill_midway(_cmd(edit_set, out), _env(), shard, 2, poll=0.05)
     written = len(read_records(out))
     assert 2 <= written < 18, written  # it really was cut midway
-    assert (out / ".lock.r0").read_text().strip() == str(proc.pid)  # the killed run's lock file stays: no block
+    assert (out / ".lock.r0").read_text().strip() == str(pid)  # the killed run's lock file stays: no block
     with open(shard, "ab") as f:  # and a crash mid-write leaves a cut line
         f.write(b'{"key": "cut-in-the-mid')
     subprocess.run(_cmd(edit_set, out), check=True, env=_env(), timeout=300)

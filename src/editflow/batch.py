@@ -37,7 +37,6 @@ a CUDA machine without ``--device``, GPU ``LOCAL_RANK``.
 from __future__ import annotations
 
 import hashlib
-import json
 import numbers
 import os
 import sys
@@ -46,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from .bench.datasets import _list_of, _mapping, _parse_json, _png_mask, _read_text, _refuse, _string, image_stem
-from .bench.runner import _save, append_record, model_label, process_rank, rank_device, read_records, run_lock, writing
+from .bench.runner import (_save, append_record, known_family, model_label, output_shard, process_rank, rank_device,
+                           read_records, record_key)
 from .errors import EditflowError
 from .limits import SEED_MAX, Limits
 
@@ -183,10 +183,10 @@ def _digest(path: Path | None) -> str | None:
 
 
 def target_key(row: BatchRow, k: int, params: dict, model: str, digests: tuple[str | None, str | None]) -> str:
-    blob = json.dumps({"id": row.id, "target": k, "source_prompt": row.source_prompt, "target_prompt": row.targets[k],
-                       "image": digests[0], "mask": digests[1], "method": row.method, "params": params, "model": model,
-                       "seed": row.seed}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    """Target ``k`` of ``row``'s record key: :func:`record_key` of ``ID/k`` with both prompts and the
+    image's and mask's digests."""
+    return record_key(f"{row.id}/{k}", row.method, params, model, row.seed, source_prompt=row.source_prompt,
+                      target_prompt=row.targets[k], image=digests[0], mask=digests[1])
 
 
 def run_batch(manifest: str | os.PathLike, out: str | os.PathLike, model_name: str, method: str = "flowedit",
@@ -196,7 +196,7 @@ def run_batch(manifest: str | os.PathLike, out: str | os.PathLike, model_name: s
     process's shard. Everything is checked before ``out`` is created or the model loads."""
     from .api import edit_many
     from .methods.cache import InversionCache
-    from .models.zoo import check_load_options, load_model, model_family
+    from .models.zoo import check_load_options, load_model
 
     rank, world_size = process_rank()
     limits = limits or Limits.from_env()
@@ -204,18 +204,12 @@ def run_batch(manifest: str | os.PathLike, out: str | os.PathLike, model_name: s
     device = rank_device(device)
     check_load_options(device=device, **load_options)
     rows = read_manifest(manifest, method, seed, limits)
-    try:
-        family = model_family(model_name)
-    except (EditflowError, OSError, ValueError):
-        family = None  # known once loaded
+    family = known_family(model_name)
     if family is not None:
         check_rows(rows, family, limits)
     label = model_label(model_name, load_options)
     root = Path(out)
-    with writing(root, "pass another -o"):
-        root.mkdir(parents=True, exist_ok=True)
-    shard = root / f"results.r{rank}.jsonl"
-    with run_lock(root, rank):
+    with output_shard(root, rank, "-o") as shard:
         model = load_model(model_name, device=device, progress=progress, **load_options)
         resolved = check_rows(rows, model.family, limits)
         done = {r["key"] for r in read_records(root, repair=shard)}

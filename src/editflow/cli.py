@@ -50,6 +50,23 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _lora_option():
+    return typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), as for `edit`.")
+
+
+def _quantize_option():
+    return typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`.")
+
+
+def _transformer_option():
+    return typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer replacing --model's, as for `edit`.")
+
+
+def _load_options(lora, quantize, transformer) -> dict:
+    """``load_model``'s options as the commands that take --lora, --quantize and --transformer pass them (unset ones left out)."""
+    return {k: v for k, v in dict(lora=lora or None, quantize=quantize, transformer=transformer).items() if v is not None}
+
+
 def _parse_sets(pairs: list[str], params_cls) -> dict:
     from .methods.base import coerce_value
 
@@ -543,11 +560,9 @@ def ui_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
     port: int = typer.Option(7860, "--port", help="Port to serve on."),
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a limit on purpose, NAME=VALUE."),
-    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), "
-                                             "as for `edit`."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`."),
-    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer "
-                                               "replacing --model's, as for `edit`."),
+    lora: Optional[List[str]] = _lora_option(),
+    quantize: Optional[str] = _quantize_option(),
+    transformer: Optional[Path] = _transformer_option(),
 ) -> None:
     """Edit in the browser: a Gradio app (needs `pip install "editflow[ui]"`)."""
     _quiet_libraries()
@@ -557,9 +572,10 @@ def ui_cmd(
         from .ui.app import launch
 
         limits = Limits.from_env().updated(limit)
+        options = _load_options(lora, quantize, transformer)
         adapter = None
-        if lora or quantize or transformer:  # load_model checks them before it loads anything
-            adapter = load_model(model or DEFAULT_MODEL, lora=lora, quantize=quantize, transformer=transformer)
+        if options:  # load_model checks them before it loads anything
+            adapter = load_model(model or DEFAULT_MODEL, **options)
         typer.echo(f"editflow UI on http://{host}:{port} (Ctrl+C stops it)", err=True)
         launch(model, host=host, port=port, block=True, limits=limits, model=adapter)
     except EditflowError as exc:
@@ -577,11 +593,9 @@ def batch_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present; under "
                                          "torchrun / accelerate, each process its LOCAL_RANK's GPU)."),
     limit: Optional[List[str]] = typer.Option(None, "--limit", help="Raise a work limit on purpose, NAME=VALUE."),
-    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), "
-                                             "as for `edit`."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`."),
-    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer "
-                                               "replacing --model's, as for `edit`."),
+    lora: Optional[List[str]] = _lora_option(),
+    quantize: Optional[str] = _quantize_option(),
+    transformer: Optional[Path] = _transformer_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Edit every row of MANIFEST towards each of its target prompts; resumable, multi-process.
@@ -598,8 +612,7 @@ def batch_cmd(
 
     try:
         limits = Limits.from_env().updated(limit)
-        load_options = {k: v for k, v in dict(lora=lora or None, quantize=quantize, transformer=transformer).items()
-                        if v is not None}
+        load_options = _load_options(lora, quantize, transformer)
         shard = run_batch(manifest, out, model or DEFAULT_MODEL, method, seed, device, not quiet, limits, load_options)
     except EditflowError as exc:
         _fail(str(exc))
@@ -631,11 +644,9 @@ def bench_run_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if present)."),
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Baselines scored beside the methods: "
                                             "identity,regeneration,vae_ceiling (the default: all three) or none."),
-    lora: Optional[List[str]] = typer.Option(None, "--lora", help="LoRA .safetensors, PATH or PATH:SCALE (repeatable), "
-                                             "as for `edit`."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8, fp8 or nf4 transformer, as for `edit`."),
-    transformer: Optional[Path] = typer.Option(None, "--transformer", help="A .safetensors or .gguf transformer "
-                                               "replacing --model's, as for `edit`."),
+    lora: Optional[List[str]] = _lora_option(),
+    quantize: Optional[str] = _quantize_option(),
+    transformer: Optional[Path] = _transformer_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Edit every item of --data with every method; one JSONL record per edit with its metrics.
@@ -676,8 +687,7 @@ def bench_run_cmd(
             raise EditflowError("--subset picks a protocol's items: pass --protocol too (e.g. --protocol pie-bench)")
         if "all" in names and (protocol is None or names != ["all"]):
             raise EditflowError("--methods all means every method a protocol pins: use it alone, with --protocol")
-        load_options = {k: v for k, v in dict(lora=lora or None, quantize=quantize, transformer=transformer).items()
-                        if v is not None}
+        load_options = _load_options(lora, quantize, transformer)
         shard = run(str(data), names, model or DEFAULT_MODEL, str(out), sets or [],
                     [m.strip() for m in metrics.split(",") if m.strip()], paths, seed, items, device, not quiet, limits,
                     chosen_baselines, load_options, protocol, subset)

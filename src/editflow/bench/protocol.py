@@ -130,14 +130,15 @@ class Protocol:
         """The methods this protocol pins parameters for on ``family``."""
         return [m for m, fams in self.raw["methods"].items() if family in fams]
 
-    def params(self, method: str, family: str) -> dict[str, Any]:
-        """The pinned parameters of ``method`` on ``family`` (one line naming what is pinned if none)."""
+    def params(self, method: str, family: str, free: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The pinned parameters of ``method`` on ``family`` (one line naming what is pinned if none),
+        with ``free``: values of the free parameters (``--set offload=true``) on top."""
         entry = self.raw["methods"].get(method, {}).get(family)
         if entry is None:
             have = ", ".join(self.methods(family)) or "none"
             raise EditflowError(f"protocol {self.name} v{self.version} pins no parameters for {method} on {family} "
                                 f"models (it has: {have}): run those, or run {method} without --protocol")
-        return dict(entry["params"])
+        return dict(entry["params"], **(free or {}))
 
     def source(self, method: str, family: str) -> str:
         return self.raw["methods"][method][family]["source"]

@@ -58,6 +58,27 @@ def process_rank() -> tuple[int, int]:
     return rank, world
 
 
+def known_family(model_name: str) -> str | None:
+    """The model's family when its name tells it (zoo names, local folders), else None: a hub id's
+    (or a folder load_model will explain) is known once it loads."""
+    from ..models.zoo import model_family
+
+    try:
+        return model_family(model_name)
+    except (EditflowError, OSError, ValueError):
+        return None
+
+
+@contextmanager
+def output_shard(root: Path, rank: int, option: str):
+    """Create ``root`` (a failure names ``option`` to change), hold its lock for ``rank``
+    (:func:`run_lock`) and give this process's shard ``root/results.r{rank}.jsonl``."""
+    with writing(root, f"pass another {option}"):
+        root.mkdir(parents=True, exist_ok=True)
+    with run_lock(root, rank):
+        yield root / f"results.r{rank}.jsonl"
+
+
 def item_index(rec: EditRecord, i: int) -> int:
     """What item ``i`` of a run adds to the seed: its position in the dataset file under a protocol
     (so a subset edits each item as the whole set does), else ``i``."""
@@ -77,12 +98,14 @@ def rank_device(device: str | None) -> str | None:
     return f"cuda:{local % max(torch.cuda.device_count(), 1)}"
 
 
-def record_key(item: str, method: str, params: dict, model: str, seed: int, protocol: dict | None = None) -> str:
-    """The record's identity; a run under a protocol (``{name, version}``) keys apart from one without."""
-    fields = {"item": item, "method": method, "params": params, "model": model, "seed": seed}
-    if protocol is not None:
-        fields["protocol"] = protocol
-    blob = json.dumps(fields, sort_keys=True, default=str)
+def record_key(item: str, method: str, params: dict, model: str, seed: int, protocol: dict | None = None,
+               **extra) -> str:
+    """The record's identity; a run under a protocol (its tag ``{name, version, digest}``) keys apart
+    from one without; ``extra`` fields (``editflow batch``: prompts, file digests) join it, those
+    that are None left out."""
+    fields = {"item": item, "method": method, "params": params, "model": model, "seed": seed, "protocol": protocol,
+              **extra}
+    blob = json.dumps({k: v for k, v in fields.items() if v is not None}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -289,12 +312,8 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     import numbers
 
     from ..methods import get_method
-    from ..models.zoo import model_family
 
-    try:
-        family = model_family(model_name)
-    except (EditflowError, OSError, ValueError):
-        family = None  # a hub id (or a folder load_model will explain): its family is known once loaded
+    family = known_family(model_name)
     if protocol is not None:
         free = protocol.free_parameters
         for pair in sets or []:
@@ -344,7 +363,7 @@ def prepare(data: str, methods: list[str], model_name: str, sets: list[str] | No
     _check_images(items, limits)
     if family is not None:
         if protocol is not None:
-            overrides = {m: dict(protocol.params(m, family), **overrides[m]) for m in methods}
+            overrides = {m: protocol.params(m, family, overrides[m]) for m in methods}
         _resolved(methods, overrides, family, limits)
     return items, methods, overrides
 
@@ -435,15 +454,12 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
     metric_list += model_metrics(metrics or [], metric_paths or {}, device)  # every metric model loads before OUT exists
     label = model_label(model_name, load_options)
     root = Path(out)
-    with writing(root, "pass another --out"):
-        root.mkdir(parents=True, exist_ok=True)
-    shard = root / f"results.r{rank}.jsonl"
-    with run_lock(root, rank):
+    with output_shard(root, rank, "--out") as shard:
         if pinned is not None:
             pinned.keep_in(root)
         model = load_model(model_name, device=device, progress=progress, **load_options)
         if pinned is not None:  # the family is known now (prepare checked it when it was before)
-            overrides = {m: dict(pinned.params(m, model.family), **overrides[m]) for m in methods}
+            overrides = {m: pinned.params(m, model.family, overrides[m]) for m in methods}
         resolved = _resolved(methods, overrides, model.family, limits)
         resolved.update({b: baseline_params(b) for b in baselines})
         free = set() if pinned is None else set(pinned.free_parameters)  # results-neutral: not in the key
@@ -457,21 +473,20 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc=f"bench r{rank}", unit="edit", file=sys.stderr)
-        loaded = None  # (index, record with its mask in memory, source image): todo runs item by item
+        loaded = None  # (index, record with its masks in memory, source image, its seed): todo runs item by item
         for i, m in todo:
             if loaded is None or loaded[0] != i:
                 mask, method_mask = items[i].mask, items[i].method_mask  # decoded once per item
                 rec = dataclasses.replace(items[i], mask_loader=None if mask is None else (lambda mask=mask: mask),
                                           method_mask_loader=None if method_mask is None else (lambda m=method_mask: m))
-                loaded = (i, rec, load_image(rec.image, limits))
-            _, rec, source = loaded
+                loaded = (i, rec, load_image(rec.image, limits), seed + item_index(rec, i))
+            _, rec, source, item_seed = loaded
             if m in baselines:
                 truth = load_image(rec.target_image, limits) if m == "vae_ceiling" else None
-                image, nfe, seconds = run_baseline(m, model, source, rec.target_prompt, seed + item_index(rec, i), truth,
-                                                   limits)
+                image, nfe, seconds = run_baseline(m, model, source, rec.target_prompt, item_seed, truth, limits)
                 peak = None  # not measured for baselines
             else:
-                result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=seed + item_index(rec, i),
+                result = edit(model, source, rec.source_prompt, rec.target_prompt, method=m, seed=item_seed,
                               mask=rec.method_mask if get_method(m).params.NEEDS_MASK else None, limits=limits,
                               **overrides[m])
                 image, nfe, seconds, peak = result.image, result.nfe, result.seconds, result.peak_memory_bytes
@@ -486,7 +501,7 @@ def run(data: str, methods: list[str], model_name: str, out: str, sets: list[str
                 values.update(metric.fn(src, edited, rec))
             append_record(shard, {
                 "key": key, "item": rec.id, "category": rec.category, "method": m, "params": resolved[m],
-                "model": label, "seed": seed, "item_seed": seed + item_index(rec, i), "metrics": {k: _finite(v) for k, v in values.items()},
+                "model": label, "seed": seed, "item_seed": item_seed, "metrics": {k: _finite(v) for k, v in values.items()},
                 "nfe_calls": nfe.calls, "nfe_rows": nfe.rows, "seconds": seconds,
                 "peak_memory_bytes": peak, "image": str(rel), "source_image": str(rec.image),
                 "rank": rank, "baseline": m in baselines,
